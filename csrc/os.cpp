@@ -1,0 +1,135 @@
+// Linux implementation of the OS layer (see os.h). Raw system calls, no policy.
+#include "os.h"
+
+#include <fcntl.h>
+#include <linux/mempolicy.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT 26
+#endif
+#ifndef MAP_HUGE_2MB
+#define MAP_HUGE_2MB (21 << MAP_HUGE_SHIFT)
+#endif
+#ifndef MAP_HUGE_1GB
+#define MAP_HUGE_1GB (30 << MAP_HUGE_SHIFT)
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+namespace hpa {
+
+const char* page_kind_name(PageKind k) {
+  switch (k) {
+    case PageKind::kHugetlb1G: return "hugetlb_1G";
+    case PageKind::kHugetlb2M: return "hugetlb_2M";
+    case PageKind::kThp: return "thp";
+    case PageKind::kBase: return "base";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// Anonymous memory aligned to `align`: map a little more, then trim both ends.
+MapResult map_aligned_anonymous(size_t size, size_t align) {
+  if (size > SIZE_MAX - align) return {nullptr, ENOMEM};
+  const size_t padded = size + align;
+  void* raw = mmap(nullptr, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return {nullptr, errno};
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (begin + align - 1) & ~(uintptr_t{align} - 1);
+  if (aligned > begin) munmap(raw, aligned - begin);
+  const uintptr_t end = begin + padded;
+  if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - (aligned + size));
+  return {reinterpret_cast<void*>(aligned), 0};
+}
+
+class LinuxOs final : public Os {
+ public:
+  MapResult map(PageKind kind, size_t size) override {
+    if (size == 0 || size % page_kind_unit(kind) != 0) return {nullptr, EINVAL};
+    switch (kind) {
+      case PageKind::kHugetlb1G:
+      case PageKind::kHugetlb2M: {
+        // The kernel aligns hugetlb mappings to their page size. No MAP_NORESERVE, ever.
+        const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB |
+                          (kind == PageKind::kHugetlb1G ? MAP_HUGE_1GB : MAP_HUGE_2MB);
+        void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+        if (p == MAP_FAILED) return {nullptr, errno};
+        return {p, 0};
+      }
+      case PageKind::kThp: {
+        MapResult r = map_aligned_anonymous(size, k2MiB);
+        if (r.addr != nullptr && madvise(r.addr, size, MADV_HUGEPAGE) != 0) {
+          const int err = errno;
+          munmap(r.addr, size);
+          return {nullptr, err};
+        }
+        return r;
+      }
+      case PageKind::kBase:
+        // Aligned too, so that no two blocks ever share a 2 MiB chunk start (see page_map.h).
+        return map_aligned_anonymous(size, k2MiB);
+    }
+    return {nullptr, EINVAL};
+  }
+
+  int unmap(void* addr, size_t size) override { return munmap(addr, size) == 0 ? 0 : errno; }
+
+  int populate(void* addr, size_t size) override {
+    // Retry on EINTR / EAGAIN: the kernel may give up part way under contention.
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      if (madvise(addr, size, MADV_POPULATE_WRITE) == 0) return 0;
+      if (errno != EINTR && errno != EAGAIN) return errno;
+    }
+    return EAGAIN;
+  }
+
+  int bind_to_node(void* addr, size_t size, int node, bool strict) override {
+    if (node < 0 || node >= 1024) return EINVAL;
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {};
+    mask[node / (8 * sizeof(unsigned long))] |= 1UL << (node % (8 * sizeof(unsigned long)));
+    const long rc = syscall(SYS_mbind, addr, size, strict ? MPOL_BIND : MPOL_PREFERRED, mask,
+                            static_cast<unsigned long>(1024), 0UL);
+    return rc == 0 ? 0 : errno;
+  }
+
+  int current_cpu() override { return sched_getcpu(); }
+
+  int read_file(const char* path, std::string* out) override {
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    out->clear();
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = read(fd, buf, sizeof(buf));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        close(fd);
+        return err;
+      }
+      if (n == 0) break;
+      out->append(buf, static_cast<size_t>(n));
+    }
+    close(fd);
+    return 0;
+  }
+};
+
+}  // namespace
+
+Os& real_os() {
+  static LinuxOs* os = new LinuxOs();  // never destroyed: frees may run during exit
+  return *os;
+}
+
+}  // namespace hpa

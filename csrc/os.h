@@ -1,0 +1,73 @@
+// The operating-system layer: the only code in this project that makes system calls
+// (mmap, munmap, madvise, mbind, getcpu) or reads /sys and /proc.
+//
+// Everything above it (topology, page source, pool, allocator) receives an `Os&`, so tests can
+// substitute a fake that runs a pool dry at a chosen moment or pretends to have four NUMA nodes.
+// Results are `{value, error}` pairs: `error` is an errno value, 0 on success. No function here
+// throws, allocates on the heap, or prints.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace hpa {
+
+// What backs a mapping. The order is the fallback order: explicit huge pages first.
+enum class PageKind : uint8_t {
+  kHugetlb1G = 0,  // hugetlbfs pages of 1 GiB (MAP_HUGETLB | MAP_HUGE_1GB)
+  kHugetlb2M = 1,  // hugetlbfs pages of 2 MiB (MAP_HUGETLB | MAP_HUGE_2MB)
+  kThp = 2,        // anonymous memory, 2 MiB aligned, MADV_HUGEPAGE (transparent huge pages)
+  kBase = 3,       // anonymous memory on ordinary pages
+};
+constexpr int kNumPageKinds = 4;
+
+constexpr size_t kKiB = size_t{1} << 10;
+constexpr size_t kMiB = size_t{1} << 20;
+constexpr size_t kGiB = size_t{1} << 30;
+constexpr size_t k2MiB = 2 * kMiB;
+
+// Granularity of a mapping of this kind: every block of the kind is a multiple of it.
+constexpr size_t page_kind_unit(PageKind k) { return k == PageKind::kHugetlb1G ? kGiB : k2MiB; }
+constexpr bool is_hugetlb(PageKind k) { return k == PageKind::kHugetlb1G || k == PageKind::kHugetlb2M; }
+const char* page_kind_name(PageKind k);  // "hugetlb_1G", "hugetlb_2M", "thp", "base"
+
+struct [[nodiscard]] MapResult {
+  void* addr;  // nullptr on failure
+  int error;   // errno value, 0 on success
+};
+
+class Os {
+ public:
+  virtual ~Os() = default;
+
+  // Maps `size` bytes of private memory of kind `kind`, aligned to at least 2 MiB (1 GiB for
+  // kHugetlb1G). REQUIRES: size is a multiple of page_kind_unit(kind).
+  // Hugetlb mappings are never MAP_NORESERVE: an empty pool is ENOMEM here, not a SIGBUS later.
+  // Nothing is faulted in; see populate().
+  virtual MapResult map(PageKind kind, size_t size) = 0;
+
+  // Unmaps a range returned by map(). Returns an errno value, 0 on success.
+  virtual int unmap(void* addr, size_t size) = 0;
+
+  // Faults every page of the range in for writing (MADV_POPULATE_WRITE, Linux 5.14+). On a hugetlb
+  // mapping this is where a cgroup limit charged at fault time shows up, as an error (EFAULT,
+  // ENOMEM) instead of the SIGBUS a plain first touch would raise. EINVAL: kernel too old.
+  virtual int populate(void* addr, size_t size) = 0;
+
+  // Binds the range's future pages to NUMA node `node`: MPOL_BIND when `strict` (pages from that
+  // node or none), MPOL_PREFERRED otherwise. Must be called before populate(). Returns an errno
+  // value, 0 on success.
+  virtual int bind_to_node(void* addr, size_t size, int node, bool strict) = 0;
+
+  // The CPU the calling thread runs on, or -1 when unknown. Cheap: served by rseq / vDSO.
+  virtual int current_cpu() = 0;
+
+  // Reads a whole small text file (sysfs, procfs) into `out`. Returns an errno value, 0 on success.
+  virtual int read_file(const char* path, std::string* out) = 0;
+};
+
+// The real Linux implementation. Stateless; one instance lives for the whole process.
+Os& real_os();
+
+}  // namespace hpa

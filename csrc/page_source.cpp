@@ -1,0 +1,45 @@
+#include "page_source.h"
+
+#include <cerrno>
+#include <string>
+
+namespace hpa {
+
+PageSource::PageSource(Os& os, const Topology& topology) : os_(os), topology_(topology) {
+  std::string mode;
+  if (os_.read_file("/sys/kernel/mm/transparent_hugepage/enabled", &mode) != 0 ||
+      mode.find("[never]") != std::string::npos) {
+    disabled_[static_cast<int>(PageKind::kThp)].store(true, std::memory_order_relaxed);
+    last_error_[static_cast<int>(PageKind::kThp)].store(EOPNOTSUPP, std::memory_order_relaxed);
+  }
+}
+
+MapResult PageSource::obtain(PageKind kind, size_t size, int node) {
+  const int k = static_cast<int>(kind);
+  if (!usable(kind)) return {nullptr, last_error(kind)};
+  MapResult r = os_.map(kind, size);
+  if (r.addr == nullptr) {
+    // EINVAL from a hugetlb mmap means the kernel lacks this page size; anything else (ENOMEM
+    // above all) may change when pages are freed or reserved.
+    if (r.error == EINVAL && is_hugetlb(kind)) disabled_[k].store(true, std::memory_order_relaxed);
+    last_error_[k].store(r.error, std::memory_order_relaxed);
+    return r;
+  }
+  // Binding matters only where there is a choice; a one-node system skips the system call.
+  if (topology_.num_nodes() > 1) {
+    const int err = os_.bind_to_node(r.addr, size, node, /*strict=*/false);
+    if (err != 0) last_error_[k].store(err, std::memory_order_relaxed);  // placement is best effort
+  }
+  if (is_hugetlb(kind)) {
+    const int err = os_.populate(r.addr, size);  // Note [No SIGBUS]
+    if (err != 0) {
+      os_.unmap(r.addr, size);
+      if (err == EINVAL) disabled_[k].store(true, std::memory_order_relaxed);
+      last_error_[k].store(err, std::memory_order_relaxed);
+      return {nullptr, err};
+    }
+  }
+  return r;
+}
+
+}  // namespace hpa

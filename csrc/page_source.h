@@ -1,0 +1,52 @@
+// Where fresh memory comes from: one mapping of a chosen page kind, bound to a NUMA node and,
+// for hugetlb, faulted in before anyone touches it.
+//
+// Note [No SIGBUS]
+// A hugetlb mapping is never MAP_NORESERVE, so the kernel reserves its pages at mmap time and an
+// empty pool is ENOMEM there. A reservation is not the whole story: a hugetlb cgroup limit (what
+// containers set) is charged when a page is faulted in, and a plain first touch beyond it raises
+// SIGBUS. So every fresh hugetlb mapping is populated with MADV_POPULATE_WRITE, which reports the
+// same condition as an error; the mapping is then dropped and the caller falls back. A kernel
+// without MADV_POPULATE_WRITE (before 5.14) cannot give that guarantee: hugetlb is then switched
+// off for the process (sticky) rather than risk the signal.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+
+#include "os.h"
+#include "topology.h"
+
+namespace hpa {
+
+class PageSource {
+ public:
+  // Reads the THP mode once: with transparent huge pages set to "never", the THP kind would be
+  // ordinary pages under another name, so it is marked unusable.
+  PageSource(Os& os, const Topology& topology);
+
+  // Maps `size` bytes (a multiple of page_kind_unit(kind)) of `kind` for `node`. Hugetlb memory
+  // comes back populated; THP and base memory is faulted lazily by its first user.
+  // On failure returns {nullptr, errno} and leaves nothing mapped.
+  MapResult obtain(PageKind kind, size_t size, int node);
+
+  int unmap(void* addr, size_t size) { return os_.unmap(addr, size); }
+
+  // False once the kernel showed it cannot provide this kind at all (EINVAL: unsupported page
+  // size, no MADV_POPULATE_WRITE). Distinct from a pool that is merely empty.
+  bool usable(PageKind kind) const {
+    return !disabled_[static_cast<int>(kind)].load(std::memory_order_relaxed);
+  }
+  // The errno of the last failure of this kind, 0 if none.
+  int last_error(PageKind kind) const {
+    return last_error_[static_cast<int>(kind)].load(std::memory_order_relaxed);
+  }
+
+ private:
+  Os& os_;
+  const Topology& topology_;
+  std::atomic<bool> disabled_[kNumPageKinds] = {};
+  std::atomic<int> last_error_[kNumPageKinds] = {};
+};
+
+}  // namespace hpa

@@ -1,0 +1,133 @@
+"""The public API; thin over the native module, which is imported on first use."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+
+from . import _settings
+from ._errors import ConfigError
+
+# Page kinds as the native core numbers them (csrc/os.h, PageKind).
+_KIND_1G, _KIND_2M, _KIND_THP, _KIND_BASE = 0, 1, 2, 3
+_PAGE_SIZE_KIND = {"2M": _KIND_2M, "1G": _KIND_1G}
+
+
+def _native():
+    from . import _C  # noqa: PLC0415  (deferred: loading it is the user's choice)
+
+    return _C
+
+
+def _kind_mask(values: dict[str, Any]) -> int:
+    mask = 0
+    if "1G" in values["page_sizes"]:
+        mask |= 1 << _KIND_1G
+    if "2M" in values["page_sizes"]:
+        mask |= 1 << _KIND_2M
+    if "thp" in values["fallback"]:
+        mask |= 1 << _KIND_THP
+    if "base" in values["fallback"]:
+        mask |= 1 << _KIND_BASE
+    return mask
+
+
+def install(config: Any = None, **settings: Any) -> None:
+    """Makes the huge-page allocator PyTorch's CPU allocator for this process.
+
+    ``config`` is a dict, an inline ``key:value,key:[a,b]`` string or a TOML file path;
+    keyword arguments override it. Calling it again (installed or not) applies the new settings.
+    Call it before other threads allocate tensors (PyTorch's allocator switch is not thread-safe).
+    Raises ConfigError for a bad setting.
+    """
+    values = _settings.resolve(config, settings)
+    _native().install(values["min_size"], values["huge_1g_min_size"], _kind_mask(values))
+
+
+def uninstall() -> None:
+    """Stops serving new tensors from the huge-page pool; PyTorch's previous allocator serves them.
+
+    The allocator stays registered, so tensors it made (and oneDNN buffers, which are freed
+    through whichever allocator is current) are still freed correctly. Cached pages stay in the
+    pool until ``empty_cache()``.
+    """
+    _native().uninstall()
+
+
+def is_installed() -> bool:
+    """True while new CPU tensors are served by the huge-page allocator."""
+    return bool(_native().is_installed())
+
+
+def memory_stats() -> "OrderedDict[str, int]":
+    """Counters in the style of ``torch.cuda.memory_stats()``.
+
+    Byte stats ``allocated_bytes`` (blocks handed out), ``requested_bytes`` (what callers asked
+    for) and ``reserved_bytes`` (mapped from the kernel, in use or cached), each as
+    ``<stat>.<pool>.<current|peak|allocated|freed>`` where pool is ``all``, a page kind
+    (``hugetlb_1G``, ``hugetlb_2M``, ``thp``, ``base``) or a node (``node0``, ...). Events
+    ``num_allocs``, ``num_frees``, ``num_cache_hits``, ``num_maps``, ``num_unmaps``,
+    ``num_map_failures``, ``num_fallbacks`` in total and per kind and node (``num_fallbacks.thp``:
+    requests served by THP although huge pages were tried first), plus ``num_ooms`` and
+    ``num_passthrough`` (requests below ``min_size``, served by the previous allocator).
+    Per-kind peaks on a multi-node machine are sums of per-node peaks.
+    """
+    return OrderedDict(sorted(_native().stats().items()))
+
+
+def max_memory_allocated() -> int:
+    """Peak of ``allocated_bytes.all`` since start or the last ``reset_peak_memory_stats()``."""
+    return int(_native().stats()["allocated_bytes.all.peak"])
+
+
+def reset_peak_memory_stats() -> None:
+    """Sets every peak to its current value."""
+    _native().reset_peak_memory_stats()
+
+
+def empty_cache() -> int:
+    """Gives every cached (free) block back to the kernel; returns the bytes released.
+
+    Explicit huge pages return to the kernel's pool (``free_hugepages`` grows). Blocks in use are
+    not touched.
+    """
+    return int(_native().empty_cache())
+
+
+def empty(
+    shape: int | Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    page_size: str = "2M",
+    node: int | None = None,
+) -> torch.Tensor:
+    """An uninitialised tensor on explicit huge pages of ``page_size`` ("2M" or "1G").
+
+    With ``node`` set, the pages come from that NUMA node; otherwise from the calling CPU's node.
+    There is no fallback: if no such page is free, ``torch.OutOfMemoryError`` is raised. The
+    memory goes back to the pool when the tensor dies. Works whether or not ``install()`` was called.
+    """
+    if page_size not in _PAGE_SIZE_KIND:
+        raise ConfigError(f"page_size must be one of {list(_PAGE_SIZE_KIND)}, not {page_size!r}")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, not {type(dtype).__name__}")
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+        raise ValueError(f"shape must be non-negative ints, not {shape!r}")
+    native = _native()
+    if node is None:
+        node = -1
+    elif node not in native.nodes():
+        raise ValueError(f"node {node!r} is not an online NUMA node; nodes: {native.nodes()}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * itemsize
+    raw = native.empty_bytes(nbytes, _PAGE_SIZE_KIND[page_size], node)
+    return raw.view(dtype).view(shape)
+
+
+def memory_summary() -> str:
+    """A table of ``memory_stats()`` in the style of ``torch.cuda.memory_summary()``."""
+    from ._summary import format_summary  # noqa: PLC0415
+
+    return format_summary(memory_stats(), list(_native().nodes()), list(_native().page_kind_names()))

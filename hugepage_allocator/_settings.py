@@ -1,0 +1,185 @@
+"""Settings of the allocator: one table that drives parsing, validation, errors and the docs.
+
+Settings come from keyword arguments of ``install()`` and from its ``config`` argument, which is
+either a dict, an inline string in PyTorch's allocator-config grammar (``key:value,key:[a,b]``,
+as in ``PYTORCH_ALLOC_CONF``) or the path of a TOML file. Keyword arguments win over ``config``,
+which wins over the defaults. Every bad value raises ``ConfigError`` naming the setting and what
+is allowed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ._errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 62
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as ``512MB``, ``2GB``, ``4KiB`` (K, M, G, T are powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("a size, not a boolean")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size (examples: 1048576, 512KB, 64MB, 2GB)")
+        n = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    else:
+        raise ValueError(f"a size (an int or a string like '64MB'), not {type(value).__name__}")
+    if n < 0 or n > MAX_SIZE:
+        raise ValueError(f"{n} is out of range (0 to 2**62 bytes)")
+    return n
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"a list of values from {list(allowed)}, not {type(value).__name__}")
+        out = []
+        for item in value:
+            if not isinstance(item, str) or item.strip() not in allowed:
+                raise ValueError(f"{item!r} is not one of {list(allowed)}")
+            if item.strip() not in out:
+                out.append(item.strip())
+        return tuple(out)
+
+    return parse
+
+
+def _size_at_least(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        n = parse_size(value)
+        if n < minimum:
+            raise ValueError(f"{n} is below the minimum of {minimum} bytes")
+        return n
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    allowed: str  # what is allowed, in words, for errors and docs
+    doc: str
+    parse: Callable[[Any], Any]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "page_sizes", ("2M", "1G"), "a list of 2M, 1G",
+        "Explicit (hugetlb) page sizes to use. Requests of at least huge_1g_min_size try 1G "
+        "pages first, then 2M.",
+        _choices(("2M", "1G")),
+    ),
+    Setting(
+        "fallback", ("thp", "base"), "a list of thp, base (tried in that order)",
+        "What serves a request when no explicit huge page can: transparent huge pages, then "
+        "ordinary pages. An empty list makes an empty hugetlb pool an out-of-memory error.",
+        _choices(("thp", "base")),
+    ),
+    Setting(
+        "min_size", 1 << 20, "a size from 0 to 2**62 bytes",
+        "Requests smaller than this are served by the allocator that was current before "
+        "install() (PyTorch's default), since a block on huge pages is a multiple of 2 MiB.",
+        parse_size,
+    ),
+    Setting(
+        "huge_1g_min_size", 1 << 30, "a size of at least 2MB",
+        "Requests at least this large are placed on 1 GiB pages when page_sizes has 1G and the "
+        "kernel has free 1 GiB pages.",
+        _size_at_least(2 << 20),
+    ),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _unknown(name: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(name, _BY_NAME, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown setting {name!r}{hint}; known settings: {', '.join(_BY_NAME)}")
+
+
+def parse_inline(text: str) -> dict[str, Any]:
+    """Parses ``key:value,key:[a,b]`` into a dict of raw (unvalidated) values."""
+    out: dict[str, Any] = {}
+    i, n = 0, len(text)
+    while i < n:
+        j = text.find(":", i)
+        if j < 0:
+            raise ConfigError(f"malformed setting {text[i:].strip()!r} in {text!r}: expected key:value")
+        key = text[i:j].strip()
+        if not key:
+            raise ConfigError(f"empty setting name in {text!r}")
+        i = j + 1
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == "[":
+            end = text.find("]", i)
+            if end < 0:
+                raise ConfigError(f"unclosed '[' in the value of {key!r} in {text!r}")
+            body = text[i + 1 : end].strip()
+            value: Any = [v.strip() for v in body.split(",")] if body else []
+            i = end + 1
+            while i < n and text[i].isspace():
+                i += 1
+            if i < n and text[i] != ",":
+                raise ConfigError(f"expected ',' after the value of {key!r} in {text!r}")
+        else:
+            end = text.find(",", i)
+            end = n if end < 0 else end
+            value = text[i:end].strip()
+            i = end
+        if key in out:
+            raise ConfigError(f"setting {key!r} given twice in {text!r}")
+        out[key] = value
+        i += 1  # the comma
+    return out
+
+
+def _load(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return dict(config)
+    if not isinstance(config, (str, os.PathLike)):
+        raise ConfigError(f"config must be a dict, an inline 'key:value,...' string or a TOML file path, "
+                          f"not {type(config).__name__}")
+    text = os.fspath(config)
+    if ":" not in text or text.endswith(".toml") or os.path.sep in text:
+        try:
+            with open(text, "rb") as f:
+                return tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {text!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {text!r} is not valid TOML: {e}") from None
+    return parse_inline(text)
+
+
+def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Validated settings: defaults, then ``config``, then ``overrides``."""
+    raw = _load(config)
+    raw.update(overrides or {})
+    values = {s.name: s.default for s in SETTINGS}
+    for name, value in raw.items():
+        setting = _BY_NAME.get(name)
+        if setting is None:
+            raise _unknown(name)
+        try:
+            values[name] = setting.parse(value)
+        except ValueError as e:
+            raise ConfigError(f"bad value for setting {name!r}: {e}; allowed: {setting.allowed}") from None
+    return values

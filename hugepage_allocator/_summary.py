@@ -1,0 +1,57 @@
+"""memory_summary(): the stats as a fixed-width table, laid out like torch.cuda.memory_summary()."""
+from __future__ import annotations
+
+from typing import Mapping
+
+_WIDTH = 77  # the width of a row: a label column and four value columns
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return f"| {label:<21} |" + "|".join(f" {c:>10} " for c in cells) + "|"
+
+
+def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str]) -> str:
+    rule = "|" + "-" * (_WIDTH - 2) + "|"
+    lines = [
+        "|" + "=" * (_WIDTH - 2) + "|",
+        "|" + " hugepage_allocator memory summary ".center(_WIDTH - 2) + "|",
+        rule,
+        _row("Metric", ["Cur Usage", "Peak Usage", "Tot Alloc", "Tot Freed"]),
+        rule,
+    ]
+    pools = ["all"] + kinds + ([f"node{n}" for n in nodes] if len(nodes) > 1 else [])
+    for stat, title in (
+        ("allocated_bytes", "Allocated memory"),
+        ("requested_bytes", "Requested memory"),
+        ("reserved_bytes", "Reserved memory"),
+    ):
+        for pool in pools:
+            label = title if pool == "all" else f"      from {pool}"
+            cells = [_fmt_bytes(stats[f"{stat}.{pool}.{m}"]) for m in ("current", "peak", "allocated", "freed")]
+            lines.append(_row(label, cells))
+        lines.append(rule)
+    lines.append(_row("Events", ["all"] + kinds[:3]))
+    lines.append(rule)
+    for event, title in (
+        ("num_allocs", "Allocations"),
+        ("num_cache_hits", "  served from cache"),
+        ("num_fallbacks", "  served as fallback"),
+        ("num_maps", "Mappings taken"),
+        ("num_unmaps", "Mappings returned"),
+        ("num_map_failures", "Mappings refused"),
+    ):
+        cells = [str(stats[event])] + [str(stats[f"{event}.{k}"]) for k in kinds[:3]]
+        lines.append(_row(title, cells))
+    lines.append(rule)
+    lines.append(_row("On ordinary pages", [str(stats["num_allocs.base"]), "", "", ""]))
+    lines.append(_row("Out-of-memory errors", [str(stats["num_ooms"]), "", "", ""]))
+    lines.append(_row("Below min_size", [str(stats["num_passthrough"]), "", "", ""]))
+    lines.append("|" + "=" * (_WIDTH - 2) + "|")
+    return "\n".join(lines)

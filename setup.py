@@ -1,0 +1,30 @@
+"""Build of hugepage_allocator: a Python package with one native module, hugepage_allocator._C.
+
+Install into an environment that already has torch (2.5 or later), without build isolation so
+that the build uses that torch and never downloads another:
+
+    pip install --no-build-isolation .        (or -e . for development; DEBUG=1 for -O0 -g)
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+
+def native_extension():
+    debug = os.environ.get("DEBUG", "0") == "1"
+    flags = ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    flags += ["-O0", "-g"] if debug else ["-O2", "-g0"]
+    return CppExtension(
+        name="hugepage_allocator._C",
+        sources=sorted(glob.glob("csrc/*.cpp")),
+        include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args=flags,
+    )
+
+
+setup(
+    ext_modules=[native_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
