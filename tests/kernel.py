@@ -1,0 +1,54 @@
+"""The kernel's view of memory, from /proc and /sys: what the tests judge placement by."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+HUGEPAGES = "/sys/kernel/mm/hugepages"
+SIZE_DIRS = {"2M": "hugepages-2048kB", "1G": "hugepages-1048576kB"}
+
+
+@dataclass
+class Mapping:
+    start: int
+    end: int
+    kernel_page_kb: int
+    anon_huge_kb: int
+    rss_kb: int
+
+
+def mapping_of(address: int, pid: str = "self") -> Mapping:
+    """The /proc/<pid>/smaps entry of the mapping that holds `address`."""
+    found = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if not head.endswith(":"):  # a mapping's header line: "start-end perms ..."
+                if found is not None:
+                    break
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                if lo <= address < hi:
+                    found = {"start": lo, "end": hi}
+            elif found is not None and head in ("KernelPageSize:", "AnonHugePages:", "Rss:"):
+                found[head[:-1]] = int(line.split()[1])
+    if found is None:
+        raise LookupError(f"no mapping holds address {address:#x}")
+    return Mapping(found["start"], found["end"], found["KernelPageSize"], found["AnonHugePages"], found["Rss"])
+
+
+def page_size_kb(address: int) -> int:
+    """KernelPageSize of the mapping holding `address`: 4, 2048 or 1048576."""
+    return mapping_of(address).kernel_page_kb
+
+
+def pool(size: str, field: str) -> int:
+    """A counter of the kernel's hugetlb pool: nr_hugepages, free_hugepages, resv_hugepages, ..."""
+    with open(os.path.join(HUGEPAGES, SIZE_DIRS[size], field)) as f:
+        return int(f.read())
+
+
+def set_pool(size: str, pages: int) -> int:
+    """Asks the kernel for `pages` persistent huge pages of `size`; returns how many it has now."""
+    with open(os.path.join(HUGEPAGES, SIZE_DIRS[size], "nr_hugepages"), "w") as f:
+        f.write(str(pages))
+    return pool(size, "nr_hugepages")

@@ -1,0 +1,70 @@
+"""The allocator lives forever: tensors outlive uninstall() and interpreter exit; install() twice is harmless."""
+
+
+def test_tensors_alive_at_interpreter_exit_free_cleanly(pools, python):
+    pools.ensure_free("2M", 32)
+    r = python("""
+        hpa.install()
+        keep = [torch.ones(4 << 20) for _ in range(3)]
+        global_model = torch.nn.Linear(2048, 2048)
+        report(ok=True)
+        # exit with tensors alive: their storages are freed during interpreter teardown
+    """)
+    assert r.returncode == 0 and r["ok"]
+    assert "Traceback" not in r.stderr and "terminate" not in r.stderr
+
+
+def test_install_twice_is_harmless_and_applies_the_new_settings(pools, python):
+    pools.ensure_free("2M", 32)
+    r = python("""
+        hpa.install()
+        a = torch.empty(8 << 20, dtype=torch.uint8)
+        hpa.install()
+        hpa.install(min_size="16MB")
+        b = torch.empty(8 << 20, dtype=torch.uint8)
+        report(installed=hpa.is_installed(), a=kernel.page_size_kb(a.data_ptr()), b_ours=hpa._C.owns(b.data_ptr()),
+               allocs=hpa.memory_stats()["num_allocs"])
+    """)
+    assert r.values == {"installed": True, "a": 2048, "b_ours": False, "allocs": 1}
+
+
+def test_tensors_cross_install_and_uninstall_in_both_directions(pools, python):
+    pools.ensure_free("2M", 32)
+    r = python("""
+        before = torch.full((4 << 20,), 1.0)           # default allocator
+        hpa.install()
+        during = torch.full((4 << 20,), 2.0)           # ours
+        before.resize_(8 << 20)                        # resizes through the allocator that made it
+        before[4 << 20:] = 1.0
+        during.resize_(6 << 20)                        # ours: a new block from the pool
+        during[4 << 20:] = 2.0
+        late = torch.full((4 << 20,), 4.0)
+        hpa.uninstall()
+        after = torch.full((4 << 20,), 3.0)            # default again
+        late.resize_(6 << 20)                          # made by us, resized after uninstall(): the
+        late[4 << 20:] = 4.0                           # pool no longer serves, the default does
+        ok = bool((before == 1).all() and (during == 2).all() and (after == 3).all() and (late == 4).all())
+        kinds = [kernel.page_size_kb(t.data_ptr()) for t in (before, during, after, late)]
+        ours = [hpa._C.owns(t.data_ptr()) for t in (before, during, after, late)]
+        del before, during, after, late                # ours freed after uninstall()
+        s = hpa.memory_stats()
+        report(ok=ok, kinds=kinds, ours=ours, current=s["allocated_bytes.all.current"])
+    """)
+    assert r["ok"]
+    assert r["kinds"] == [4, 2048, 4, 4]
+    assert r["ours"] == [False, True, False, False]
+    assert r["current"] == 0
+
+
+def test_lazy_clone_and_clone_copy_the_data(pools, python):
+    pools.ensure_free("2M", 32)
+    r = python("""
+        hpa.install()
+        x = torch.arange(2 << 20, dtype=torch.float32)
+        y = x.clone()
+        z = torch._lazy_clone(x)                       # copy-on-write: materialised by the write below
+        z[0] = -1.0
+        report(clone=torch.equal(x, y), cow=bool(x[0] == 0 and z[0] == -1 and torch.equal(x[1:], z[1:])),
+               on_huge=[kernel.page_size_kb(t.data_ptr()) for t in (y, z)])
+    """)
+    assert r.values == {"clone": True, "cow": True, "on_huge": [2048, 2048]}

@@ -1,0 +1,73 @@
+"""Settings: the inline grammar, TOML files, precedence and an error for every kind of bad input."""
+import pytest
+
+from hugepage_allocator import ConfigError
+from hugepage_allocator._settings import SETTINGS, parse_inline, parse_size, resolve
+
+
+def test_defaults_come_from_the_table():
+    assert resolve() == {s.name: s.default for s in SETTINGS}
+
+
+@pytest.mark.parametrize("text,n", [("0", 0), ("4096", 4096), ("512KB", 512 << 10), ("64MB", 64 << 20),
+                                    ("2GB", 2 << 30), ("4KiB", 4 << 10), ("1g", 1 << 30), ("3 M", 3 << 20), (17, 17)])
+def test_sizes_take_units(text, n):
+    assert parse_size(text) == n
+
+
+def test_inline_grammar_with_lists():
+    assert parse_inline("min_size:2MB, page_sizes:[2M,1G],fallback:[]") == {
+        "min_size": "2MB", "page_sizes": ["2M", "1G"], "fallback": []}
+    values = resolve("min_size:2MB,page_sizes:[2M],fallback:[thp]")
+    assert values["min_size"] == 2 << 20 and values["page_sizes"] == ("2M",) and values["fallback"] == ("thp",)
+
+
+def test_keyword_arguments_override_the_config():
+    assert resolve("min_size:2MB", {"min_size": "4MB"})["min_size"] == 4 << 20
+    assert resolve({"fallback": []}, {})["fallback"] == ()
+
+
+def test_toml_file(tmp_path):
+    path = tmp_path / "conf.toml"
+    path.write_text('# a comment\nmin_size = "8MB"\npage_sizes = ["2M"]\n')
+    values = resolve(str(path))
+    assert values["min_size"] == 8 << 20 and values["page_sizes"] == ("2M",)
+
+
+@pytest.mark.parametrize("config,overrides,expected", [
+    (None, {"min_sise": 1}, "unknown setting 'min_sise' (did you mean 'min_size'?)"),
+    (None, {"colour": 1}, "unknown setting 'colour'"),
+    (None, {"min_size": "lots"}, "bad value for setting 'min_size': 'lots' is not a size"),
+    (None, {"min_size": -1}, "bad value for setting 'min_size': -1 is out of range"),
+    (None, {"min_size": True}, "bad value for setting 'min_size': a size, not a boolean"),
+    (None, {"min_size": 1.5}, "bad value for setting 'min_size': a size (an int or a string like '64MB'), not float"),
+    (None, {"huge_1g_min_size": "1MB"}, "bad value for setting 'huge_1g_min_size': 1048576 is below the minimum"),
+    (None, {"page_sizes": ["4M"]}, "bad value for setting 'page_sizes': '4M' is not one of ['2M', '1G']"),
+    (None, {"fallback": 3}, "bad value for setting 'fallback': a list of values from ['thp', 'base'], not int"),
+    ("min_size", None, "cannot read config file 'min_size'"),
+    ("min_size:1MB,min_size:2MB", None, "setting 'min_size' given twice"),
+    ("page_sizes:[2M", None, "unclosed '['"),
+    (":3", None, "empty setting name"),
+    (3, None, "config must be a dict"),
+])
+def test_bad_settings_name_the_setting_and_what_is_allowed(config, overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        resolve(config, overrides)
+    assert expected in str(e.value)
+
+
+def test_a_bad_toml_file_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("min_size = = 3\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        resolve(str(path))
+
+
+def test_install_rejects_a_bad_setting_and_leaves_the_allocator_off(python):
+    r = python("""
+        try:
+            hpa.install(page_sizes=["3M"])
+        except hpa.ConfigError as e:
+            report(error=str(e), installed=hpa.is_installed(), isvalue=isinstance(e, ValueError))
+    """)
+    assert "page_sizes" in r["error"] and r["installed"] is False and r["isvalue"]
