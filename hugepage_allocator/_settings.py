@@ -183,3 +183,18 @@ def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None) -> d
         except ValueError as e:
             raise ConfigError(f"bad value for setting {name!r}: {e}; allowed: {setting.allowed}") from None
     return values
+
+
+def markdown_table() -> str:
+    """The settings table of the README, generated from SETTINGS."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, tuple):
+            return "[" + ", ".join(value) + "]"
+        if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
+            return f"{value >> 30}GB" if value % (1 << 30) == 0 else f"{value >> 20}MB"
+        return str(value)
+
+    rows = ["| setting | default | allowed | what it does |", "|---|---|---|---|"]
+    rows += [f"| `{s.name}` | `{show(s.default)}` | {s.allowed} | {s.doc} |" for s in SETTINGS]
+    return "\n".join(rows)

@@ -71,3 +71,13 @@ def test_install_rejects_a_bad_setting_and_leaves_the_allocator_off(python):
             report(error=str(e), installed=hpa.is_installed(), isvalue=isinstance(e, ValueError))
     """)
     assert "page_sizes" in r["error"] and r["installed"] is False and r["isvalue"]
+
+
+def test_the_readme_settings_table_is_generated_from_the_settings_table():
+    import os
+
+    from hugepage_allocator._settings import markdown_table
+
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    with open(readme) as f:
+        assert markdown_table() in f.read(), "regenerate the README's table with _settings.markdown_table()"
