@@ -4,7 +4,9 @@
 #include <c10/util/Exception.h>
 #include <pthread.h>
 
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 namespace hpa {
@@ -15,6 +17,8 @@ namespace {
 constexpr uint8_t kInstallPriority = 1;
 
 HugePageAllocator* g_self = nullptr;
+
+const c10::Device kCpu(c10::DeviceType::CPU);
 
 std::string human_bytes(size_t n) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
@@ -29,15 +33,27 @@ std::string human_bytes(size_t n) {
   return buf;
 }
 
+// The profiler's hooks may allocate and throw; a deleter must not.
+void report_to_profiler(void* ptr, int64_t delta, const GlobalStats& g) noexcept {
+  try {
+    c10::reportMemoryUsageToProfiler(ptr, delta, static_cast<size_t>(g.allocated_bytes.current.load()),
+                                     static_cast<size_t>(g.reserved_bytes.current.load()), kCpu);
+  } catch (...) {
+  }
+}
+
 }  // namespace
 
 HugePageAllocator& HugePageAllocator::get() {
   static HugePageAllocator* self = [] {
     auto* a = new HugePageAllocator();
     g_self = a;
-    // Note [Fork]: a child must not inherit a pool lock held by another thread of the parent.
+    // Note [Fork] (pool.h).
     pthread_atfork([] { g_self->pool_.lock_all(); }, [] { g_self->pool_.unlock_all(); },
-                   [] { g_self->pool_.unlock_all(); });
+                   [] {
+                     g_self->pool_.unlock_all();
+                     g_self->pool_.forget_after_fork();
+                   });
     return a;
   }();
   return *self;
@@ -46,7 +62,7 @@ HugePageAllocator& HugePageAllocator::get() {
 HugePageAllocator::HugePageAllocator()
     : os_(real_os()),
       topology_(os_),
-      pool_(os_, topology_),
+      pool_(os_, topology_, /*arena_slot=*/0),
       min_size_(Settings{}.min_size),
       huge_1g_min_size_(Settings{}.huge_1g_min_size),
       kinds_(Settings{}.kinds),
@@ -59,31 +75,33 @@ void HugePageAllocator::configure(const Settings& s) {
   min_size_.store(s.min_size, std::memory_order_relaxed);
   huge_1g_min_size_.store(s.huge_1g_min_size, std::memory_order_relaxed);
   kinds_.store(s.kinds, std::memory_order_relaxed);
-}
-
-Settings HugePageAllocator::settings() const {
-  Settings s;
-  s.min_size = min_size_.load(std::memory_order_relaxed);
-  s.huge_1g_min_size = huge_1g_min_size_.load(std::memory_order_relaxed);
-  s.kinds = kinds_.load(std::memory_order_relaxed);
-  return s;
+  pool_.set_small_kinds(s.kinds);
+  pool_.set_max_cached(s.max_cached);
 }
 
 void HugePageAllocator::install(const Settings& s) {
-  configure(s);
+  static std::mutex install_mu;  // install() from several threads at once
+  std::lock_guard<std::mutex> lock(install_mu);
   c10::Allocator* current = c10::GetCPUAllocator();
   if (current != this) {
     static bool captured = false;  // the first previous allocator stays in charge of foreign pointers
     if (!captured) {
-      previous_ = current;
-      if (c10::DeleterFnPtr d = current->raw_deleter()) previous_deleter_.store(d);
+      c10::DeleterFnPtr deleter = current->raw_deleter();
+      TORCH_CHECK(deleter != nullptr,
+                  "hugepage_allocator: install() refused: the current CPU allocator has no raw "
+                  "deleter, so pointers it made could not be freed through this allocator");
+      previous_.store(current, std::memory_order_relaxed);
+      previous_deleter_.store(deleter, std::memory_order_relaxed);
       captured = true;
     }
+    configure(s);
     c10::SetCPUAllocator(this, kInstallPriority);
     TORCH_CHECK(c10::GetCPUAllocator() == this,
                 "hugepage_allocator: install() failed: another CPU allocator was installed with a "
                 "priority above ", static_cast<int>(kInstallPriority),
                 " (c10::SetCPUAllocator refuses lower priorities without saying so)");
+  } else {
+    configure(s);
   }
   serving_.store(true, std::memory_order_release);
 }
@@ -109,58 +127,47 @@ int HugePageAllocator::current_node() const {
 }
 
 c10::DataPtr HugePageAllocator::allocate(size_t nbytes) {
-  if (nbytes == 0) return {nullptr, nullptr, &delete_ptr, c10::Device(c10::DeviceType::CPU)};
-  if (!serving_.load(std::memory_order_acquire)) return previous_->allocate(nbytes);
-  const Plan plan = plan_for(nbytes);
-  if (nbytes < min_size_.load(std::memory_order_relaxed) || plan.count == 0) {
-    num_passthrough_.fetch_add(1, std::memory_order_relaxed);
-    return previous_->allocate(nbytes);
+  if (nbytes == 0) return {nullptr, nullptr, &delete_ptr, kCpu};
+  if (!serving_.load(std::memory_order_acquire) || nbytes < min_size_.load(std::memory_order_relaxed)) {
+    c10::Allocator* previous = previous_.load(std::memory_order_relaxed);
+    if (serving_.load(std::memory_order_relaxed)) num_passthrough_.fetch_add(1, std::memory_order_relaxed);
+    return previous->allocate(nbytes);
   }
+  const Plan plan = plan_for(nbytes);
   const int node = current_node();
-  Block* b = pool_.allocate(nbytes, node, plan);
-  if (b == nullptr) out_of_memory(nbytes, node, plan);
-  return wrap(b, nbytes);
+  const Block b = pool_.allocate(nbytes, node, plan);
+  if (b.ptr == nullptr) out_of_memory(nbytes, node, plan);
+  return wrap(b);
 }
 
 c10::DataPtr HugePageAllocator::allocate_on(size_t nbytes, PageKind kind, int node) {
   TORCH_CHECK_VALUE(topology_.has_node(node), "hugepage_allocator: node ", node,
                     " is not an online NUMA node of this system");
-  if (nbytes == 0) return {nullptr, nullptr, &delete_ptr, c10::Device(c10::DeviceType::CPU)};
-  Plan plan;
-  plan.add(kind);
-  Block* b = pool_.allocate(nbytes, node, plan);
-  if (b == nullptr) out_of_memory(nbytes, node, plan);
-  return wrap(b, nbytes);
+  if (nbytes == 0) return {nullptr, nullptr, &delete_ptr, kCpu};
+  const Block b = pool_.allocate_exact(nbytes, kind, node);
+  if (b.ptr == nullptr) {
+    Plan plan;
+    plan.add(kind);
+    out_of_memory(nbytes, node, plan);
+  }
+  return wrap(b);
 }
 
-c10::DataPtr HugePageAllocator::wrap(Block* b, size_t nbytes) {
-  void* p = reinterpret_cast<void*>(b->start.load(std::memory_order_relaxed));
-  if (c10::memoryProfilingEnabled()) {
-    const GlobalStats& g = pool_.global_stats();
-    c10::reportMemoryUsageToProfiler(p, static_cast<int64_t>(nbytes),
-                                     static_cast<size_t>(g.allocated_bytes.current.load()),
-                                     static_cast<size_t>(g.reserved_bytes.current.load()),
-                                     c10::Device(c10::DeviceType::CPU));
-  }
-  return {p, p, &delete_ptr, c10::Device(c10::DeviceType::CPU)};
+c10::DataPtr HugePageAllocator::wrap(const Block& b) {
+  c10::DataPtr data(b.ptr, b.ptr, &delete_ptr, kCpu);
+  if (c10::memoryProfilingEnabled()) report_to_profiler(b.ptr, static_cast<int64_t>(b.size), pool_.global_stats());
+  return data;
 }
 
 void HugePageAllocator::delete_ptr(void* ptr) {
   if (ptr == nullptr) return;
   HugePageAllocator& self = *g_self;
-  Block* b = self.pool_.lookup(ptr);
-  if (b == nullptr) {
+  const size_t size = self.pool_.free(ptr);
+  if (size == 0) {
     self.previous_deleter_.load(std::memory_order_relaxed)(ptr);  // not ours: made before install()
     return;
   }
-  if (c10::memoryProfilingEnabled()) {
-    const GlobalStats& g = self.pool_.global_stats();
-    c10::reportMemoryUsageToProfiler(ptr, -static_cast<int64_t>(b->requested),
-                                     static_cast<size_t>(g.allocated_bytes.current.load()) - b->size,
-                                     static_cast<size_t>(g.reserved_bytes.current.load()),
-                                     c10::Device(c10::DeviceType::CPU));
-  }
-  self.pool_.free(b);
+  if (c10::memoryProfilingEnabled()) report_to_profiler(ptr, -static_cast<int64_t>(size), self.pool_.global_stats());
 }
 
 void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& plan) {
@@ -168,8 +175,10 @@ void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& plan)
   const GlobalStats& g = pool_.global_stats();
   const size_t allocated = static_cast<size_t>(g.allocated_bytes.current.load());
   const size_t reserved = static_cast<size_t>(g.reserved_bytes.current.load());
-  c10::reportOutOfMemoryToProfiler(static_cast<int64_t>(nbytes), allocated, reserved,
-                                   c10::Device(c10::DeviceType::CPU));
+  try {
+    c10::reportOutOfMemoryToProfiler(static_cast<int64_t>(nbytes), allocated, reserved, kCpu);
+  } catch (...) {
+  }
   std::string tried;
   for (int i = 0; i < plan.count; ++i) {
     const PageKind k = plan.kinds[i];

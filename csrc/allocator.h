@@ -1,13 +1,13 @@
-// The c10::Allocator that puts CPU tensors on huge pages: routes each request by size to the
-// block pool (or, below `min_size`, to the allocator that was current before install()), keeps
-// the process-wide counters and reports to the PyTorch profiler.
+// The c10::Allocator that puts CPU tensors on huge pages: turns settings into a plan per request
+// and hands it to the pool (below `min_size`, to the allocator that was current before install()),
+// and reports to the PyTorch profiler.
 //
 // Note [One deleter for everything]
 // PyTorch's oneDNN glue allocates with raw_allocate() and frees with raw_deallocate() on whatever
 // CPU allocator is current at the time of the free, and a storage frees through the deleter it
 // was created with. So the allocator is created once and never destroyed; every DataPtr it makes
 // carries the same static deleter with context == data; that deleter recognises our blocks by
-// address (BlockPool::lookup) and hands any other pointer to the previous allocator's raw
+// address (Pool::free) and hands any other pointer to the previous allocator's raw
 // deleter. uninstall() therefore never puts the previous allocator back (glibc would then be
 // handed our pointers): it stops serving from the pool and forwards new requests to the
 // previous allocator, while our deleter stays in charge of every pointer.
@@ -19,21 +19,17 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "block_pool.h"
+#include "pool.h"
 #include "os.h"
 #include "topology.h"
 
 namespace hpa {
 
-// Bit i set: PageKind i may be used.
-using KindMask = uint8_t;
-constexpr KindMask kind_bit(PageKind k) { return static_cast<KindMask>(1u << static_cast<int>(k)); }
-constexpr KindMask kAllKinds = (1u << kNumPageKinds) - 1;
-
 struct Settings {
-  size_t min_size = kMiB;          // smaller requests go to the previous allocator
-  size_t huge_1g_min_size = kGiB;  // requests at least this large try 1 GiB pages first
-  KindMask kinds = kAllKinds;      // page kinds that may be used, in fallback order
+  size_t min_size = 0;                   // smaller requests go to the previous allocator
+  size_t huge_1g_min_size = kGiB;        // requests at least this large try 1 GiB pages first
+  KindMask kinds = kAllKinds;            // page kinds that may be used, in fallback order
+  size_t max_cached = Pool::kUnlimited;  // idle bytes kept; beyond, free segments are unmapped
 };
 
 class HugePageAllocator final : public c10::Allocator {
@@ -49,42 +45,44 @@ class HugePageAllocator final : public c10::Allocator {
 
   // One block of exactly `kind` on `node`, no fallback; out-of-memory error if none can be had.
   c10::DataPtr allocate_on(size_t nbytes, PageKind kind, int node);
+  // Frees a pointer of ours or, if foreign, hands it to the previous allocator's deleter.
+  static void delete_ptr(void* ptr);
 
   // Makes this the process's CPU allocator (c10::SetCPUAllocator) and starts serving from the
-  // pool. Harmless when already installed: then it only applies `settings`.
-  // Not thread-safe against concurrent allocations in other threads (neither is SetCPUAllocator).
+  // pool. Harmless when already installed: then it only applies `settings`. Refused (c10::Error)
+  // when the current allocator has no raw deleter or outranks ours. Safe against concurrent
+  // install() calls, not against other threads allocating meanwhile (nor is SetCPUAllocator).
   void install(const Settings& settings);
   // Stops serving from the pool; see Note [One deleter for everything].
   void uninstall() { serving_.store(false, std::memory_order_release); }
   bool is_installed() const;
   void configure(const Settings& settings);
-  Settings settings() const;
 
   // The NUMA node of the calling CPU (no system call on a one-node machine).
   int current_node() const;
 
-  BlockPool& pool() { return pool_; }
+  Pool& pool() { return pool_; }
   const Topology& topology() const { return topology_; }
   int64_t num_passthrough() const { return num_passthrough_.load(std::memory_order_relaxed); }
   int64_t num_ooms() const { return num_ooms_.load(std::memory_order_relaxed); }
 
  private:
   HugePageAllocator();
-  static void delete_ptr(void* ptr);
   Plan plan_for(size_t nbytes) const;
-  c10::DataPtr wrap(Block* b, size_t nbytes);
+  c10::DataPtr wrap(const Block& b);
   [[noreturn]] void out_of_memory(size_t nbytes, int node, const Plan& plan);
 
   Os& os_;
   Topology topology_;
-  BlockPool pool_;
+  Pool pool_;
   std::atomic<bool> serving_{false};
   std::atomic<size_t> min_size_;
   std::atomic<size_t> huge_1g_min_size_;
   std::atomic<KindMask> kinds_;
-  // The allocator current before the first install(): small requests, and every request after
-  // uninstall(), go there; foreign pointers go to its raw deleter. Written before serving_.
-  c10::Allocator* previous_;
+  // The allocator current before the first install(), and its raw deleter: requests below
+  // min_size, and every request after uninstall(), go there; foreign pointers go to the deleter.
+  // Written once, before serving_ is first set.
+  std::atomic<c10::Allocator*> previous_;
   std::atomic<c10::DeleterFnPtr> previous_deleter_;
   std::atomic<int64_t> num_passthrough_{0};
   std::atomic<int64_t> num_ooms_{0};

@@ -1,85 +1,173 @@
-// The Python module hugepage_allocator._C: thin wrappers, no policy.
+// The Python module hugepage_allocator._C: thin wrappers, no policy. `_C.testing` drives a pool
+// over a fake OS layer and times the hot path from C++, for the tests and benchmarks.
+#include <c10/core/CPUAllocator.h>
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <chrono>
+#include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "allocator.h"
+#include "fake_os.h"
 
 namespace hpa {
 namespace {
 
 using StatsDict = std::unordered_map<std::string, int64_t>;
 
-void put_bytes(StatsDict& d, const std::string& pool, const PoolStats& s) {
-#define HPA_PUT_BYTE(name)                                   \
-  d[#name "." + pool + ".current"] = s.name.current;         \
-  d[#name "." + pool + ".peak"] = s.name.peak;               \
-  d[#name "." + pool + ".allocated"] = s.name.allocated;     \
-  d[#name "." + pool + ".freed"] = s.name.freed;
-  HPA_BYTE_STATS(HPA_PUT_BYTE)
-#undef HPA_PUT_BYTE
+void put_byte(StatsDict& d, const std::string& stat, const std::string& pool, const ByteStat& s) {
+  d[stat + "." + pool + ".current"] = s.current;
+  d[stat + "." + pool + ".peak"] = s.peak;
+  d[stat + "." + pool + ".allocated"] = s.allocated;
+  d[stat + "." + pool + ".freed"] = s.freed;
 }
 
-void put_events(StatsDict& d, const std::string& suffix, const PoolStats& s) {
+void put_pool(StatsDict& d, const std::string& pool, const PoolStats& s) {
+#define HPA_PUT_BYTE(name) put_byte(d, #name, pool, s.name);
+  HPA_BYTE_STATS(HPA_PUT_BYTE)
+#undef HPA_PUT_BYTE
+  const std::string suffix = pool == "all" ? "" : "." + pool;
 #define HPA_PUT_EVENT(name) d[#name + suffix] = s.name;
   HPA_EVENT_STATS(HPA_PUT_EVENT)
 #undef HPA_PUT_EVENT
 }
 
-StatsDict stats() {
-  HugePageAllocator& a = HugePageAllocator::get();
-  BlockPool& pool = a.pool();
+StatsDict pool_stats(const Pool& pool) {
   StatsDict d;
   PoolStats all;
   PoolStats by_kind[kNumPageKinds];
-  for (int node : a.topology().nodes()) {
-    const PoolStats node_total = pool.node_stats(node);
+  for (int node : pool.topology().nodes()) {
+    PoolStats node_total;
+    for (int k = 0; k < kNumPageKinds; ++k) {
+      const PoolStats s = pool.heap_stats(node, static_cast<PageKind>(k));
+      by_kind[k].merge(s);
+      node_total.merge(s);
+    }
     all.merge(node_total);
-    put_bytes(d, "node" + std::to_string(node), node_total);
-    put_events(d, ".node" + std::to_string(node), node_total);
-    for (int k = 0; k < kNumPageKinds; ++k) by_kind[k].merge(pool.stats(node, static_cast<PageKind>(k)));
+    put_pool(d, "node" + std::to_string(node), node_total);
   }
-  for (int k = 0; k < kNumPageKinds; ++k) {
-    const std::string name = page_kind_name(static_cast<PageKind>(k));
-    put_bytes(d, name, by_kind[k]);
-    put_events(d, "." + name, by_kind[k]);
-  }
-  // "all": running totals are sums; current and peak come from the lock-free process totals.
-  put_bytes(d, "all", all);
+  for (int k = 0; k < kNumPageKinds; ++k) put_pool(d, page_kind_name(static_cast<PageKind>(k)), by_kind[k]);
+  put_pool(d, "all", all);  // events summed over heaps; bytes replaced below
   const GlobalStats& g = pool.global_stats();
-  d["allocated_bytes.all.current"] = g.allocated_bytes.current.load();
-  d["allocated_bytes.all.peak"] = g.allocated_bytes.peak.load();
-  d["requested_bytes.all.current"] = g.requested_bytes.current.load();
-  d["requested_bytes.all.peak"] = g.requested_bytes.peak.load();
-  d["reserved_bytes.all.current"] = g.reserved_bytes.current.load();
-  d["reserved_bytes.all.peak"] = g.reserved_bytes.peak.load();
-  put_events(d, "", all);
+  const ByteStat allocated = g.allocated_bytes.snapshot();
+  put_byte(d, "allocated_bytes", "all", allocated);
+  put_byte(d, "reserved_bytes", "all", g.reserved_bytes.snapshot());
+  // Requested: what callers hold less the slack of large spans (a small object counts its class).
+  d["requested_bytes.all.current"] = allocated.current - all.slack_bytes.current;
+  d["requested_bytes.all.allocated"] = allocated.allocated - all.slack_bytes.allocated;
+  d["requested_bytes.all.freed"] = allocated.freed - all.slack_bytes.freed;
+  return d;
+}
+
+StatsDict stats() {
+  HugePageAllocator& a = HugePageAllocator::get();
+  StatsDict d = pool_stats(a.pool());
   d["num_ooms"] = a.num_ooms();
   d["num_passthrough"] = a.num_passthrough();
   return d;
 }
 
-Settings make_settings(size_t min_size, size_t huge_1g_min_size, int kinds) {
+Settings make_settings(size_t min_size, size_t huge_1g_min_size, int kinds, size_t max_cached) {
   TORCH_CHECK_VALUE(kinds >= 0 && kinds <= kAllKinds, "hugepage_allocator: invalid page kind mask ", kinds);
   Settings s;
   s.min_size = min_size;
   s.huge_1g_min_size = huge_1g_min_size;
   s.kinds = static_cast<KindMask>(kinds);
+  s.max_cached = max_cached;
   return s;
+}
+
+PageKind to_kind(int kind) {
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kNumPageKinds, "hugepage_allocator: invalid page kind ", kind);
+  return static_cast<PageKind>(kind);
 }
 
 // A 1-D uint8 tensor of `nbytes` on exactly `kind` pages of `node` (-1: the calling CPU's node);
 // Python views it as the dtype.
 at::Tensor empty_bytes(int64_t nbytes, int kind, int node) {
   TORCH_CHECK_VALUE(nbytes >= 0, "hugepage_allocator.empty: negative size ", nbytes);
-  TORCH_CHECK_VALUE(kind >= 0 && kind < kNumPageKinds, "hugepage_allocator.empty: invalid page kind ", kind);
   HugePageAllocator& a = HugePageAllocator::get();
   if (node < 0) node = a.current_node();
-  c10::DataPtr data = a.allocate_on(static_cast<size_t>(nbytes), static_cast<PageKind>(kind), node);
+  c10::DataPtr data = a.allocate_on(static_cast<size_t>(nbytes), to_kind(kind), node);
   c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), &a, /*resizable=*/false);
   return at::empty({0}, at::TensorOptions().dtype(at::kByte)).set_(storage, 0, {nbytes}, {1});
 }
+
+// Nanoseconds per allocate+free pair of `nbytes`, from C++: one figure per round of `pairs`.
+// "hugepage": this allocator's allocate() and deleter (REQUIRES: installed); "default": PyTorch's
+// default CPU allocator.
+std::vector<double> time_alloc_free(const std::string& which, size_t nbytes, int rounds, int pairs) {
+  c10::Allocator* alloc = nullptr;
+  if (which == "hugepage") {
+    TORCH_CHECK(HugePageAllocator::get().is_installed(), "time_alloc_free: install() first");
+    alloc = &HugePageAllocator::get();
+  } else if (which == "default") {
+    alloc = c10::GetDefaultCPUAllocator();
+  } else {
+    TORCH_CHECK_VALUE(false, "time_alloc_free: which must be 'hugepage' or 'default', not '", which, "'");
+  }
+  TORCH_CHECK_VALUE(rounds > 0 && pairs > 0, "time_alloc_free: rounds and pairs must be positive");
+  { c10::DataPtr warm = alloc->allocate(nbytes); }  // the first pair maps memory; not timed
+  std::vector<double> out;
+  out.reserve(rounds);
+  for (int r = 0; r < rounds; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < pairs; ++i) {
+      c10::DataPtr p = alloc->allocate(nbytes);
+      asm volatile("" : : "r"(p.get()) : "memory");
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    out.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / pairs);
+  }
+  return out;
+}
+
+// A pool over a fake OS, for tests: addresses are real (heap memory), pools and failures are not.
+class TestPool {
+ public:
+  TestPool(int nodes, int cpus_per_node, int64_t pages_2m, int64_t pages_1g, bool thp)
+      : os_(nodes, cpus_per_node, pages_2m, pages_1g, thp), topology_(os_) {
+    TORCH_CHECK_VALUE(nodes >= 1 && nodes <= kMaxNodes, "TestPool: nodes must be 1..", kMaxNodes);
+    const int slot = SmallArena::claim_slot();
+    TORCH_CHECK(slot > 0, "TestPool: at most ", SmallArena::kMaxArenas - 1, " test pools at once");
+    pool_ = std::make_unique<Pool>(os_, topology_, slot);
+  }
+
+  // (address, block size) or None when nothing can serve it.
+  py::object alloc(size_t nbytes, int node, int kinds) {
+    TORCH_CHECK_VALUE(nbytes > 0, "alloc: size must be positive");
+    TORCH_CHECK_VALUE(topology_.has_node(node), "alloc: no node ", node);
+    Plan plan;
+    for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase})
+      if (kinds & kind_bit(k)) plan.add(k);
+    const Block b = pool_->allocate(nbytes, node, plan);
+    if (b.ptr == nullptr) return py::none();
+    return py::make_tuple(reinterpret_cast<uintptr_t>(b.ptr), b.size);
+  }
+  py::object alloc_exact(size_t nbytes, int kind, int node) {
+    const Block b = pool_->allocate_exact(nbytes, to_kind(kind), node);
+    if (b.ptr == nullptr) return py::none();
+    return py::make_tuple(reinterpret_cast<uintptr_t>(b.ptr), b.size);
+  }
+  size_t free(uintptr_t p) { return pool_->free(reinterpret_cast<void*>(p)); }
+  size_t block_size(uintptr_t p) const { return pool_->block_size(reinterpret_cast<void*>(p)); }
+
+  Pool& pool() { return *pool_; }
+  FakeOs& os() { return os_; }
+  void fork_child() {  // what the child-side fork handlers do
+    pool_->lock_all();
+    pool_->unlock_all();
+    pool_->forget_after_fork();
+  }
+
+ private:
+  FakeOs os_;
+  Topology topology_;
+  std::unique_ptr<Pool> pool_;
+};
 
 }  // namespace
 }  // namespace hpa
@@ -87,25 +175,51 @@ at::Tensor empty_bytes(int64_t nbytes, int kind, int node) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using hpa::HugePageAllocator;
   m.doc() = "Native core of hugepage_allocator (use the Python package, not this module)";
-  m.def("install", [](size_t min_size, size_t huge_1g_min_size, int kinds) {
-    HugePageAllocator::get().install(hpa::make_settings(min_size, huge_1g_min_size, kinds));
-  });
-  m.def("configure", [](size_t min_size, size_t huge_1g_min_size, int kinds) {
-    HugePageAllocator::get().configure(hpa::make_settings(min_size, huge_1g_min_size, kinds));
+  m.def("install", [](size_t min_size, size_t huge_1g_min_size, int kinds, size_t max_cached) {
+    HugePageAllocator::get().install(hpa::make_settings(min_size, huge_1g_min_size, kinds, max_cached));
   });
   m.def("uninstall", [] { HugePageAllocator::get().uninstall(); });
   m.def("is_installed", [] { return HugePageAllocator::get().is_installed(); });
   m.def("stats", &hpa::stats);
   m.def("reset_peak_memory_stats", [] { HugePageAllocator::get().pool().reset_peaks(); });
-  m.def("empty_cache", [] { return HugePageAllocator::get().pool().release_all(); });
+  m.def("empty_cache", [] { return HugePageAllocator::get().pool().release(); });
   m.def("empty_bytes", &hpa::empty_bytes);
   m.def("nodes", [] { return HugePageAllocator::get().topology().nodes(); });
-  m.def("owns", [](uintptr_t ptr) {
-    return HugePageAllocator::get().pool().lookup(reinterpret_cast<void*>(ptr)) != nullptr;
-  }, "Whether `ptr` is the start of a block of this allocator (in use or cached)");
+  m.def("block_size", [](uintptr_t ptr) {
+    return HugePageAllocator::get().pool().block_size(reinterpret_cast<void*>(ptr));
+  }, "Size of this allocator's block starting at (or small object at) `ptr`; 0 if not ours");
   m.def("page_kind_names", [] {
     std::vector<std::string> names;
     for (int k = 0; k < hpa::kNumPageKinds; ++k) names.push_back(hpa::page_kind_name(static_cast<hpa::PageKind>(k)));
     return names;
   });
+  m.def("small_max", [] { return hpa::kSmallMax; });
+  m.def("size_class", [](size_t n) {
+    TORCH_CHECK_VALUE(n > 0 && n <= hpa::kSmallMax, "size_class: 1..", hpa::kSmallMax);
+    return hpa::SizeClasses::size(hpa::SizeClasses::of(n));
+  }, "The size class (bytes) a small request of `n` bytes is served from");
+
+  auto t = m.def_submodule("testing", "Test and benchmark hooks: a pool over a fake OS, hot-path timing");
+  t.def("time_alloc_free", &hpa::time_alloc_free, py::arg("which"), py::arg("nbytes"),
+        py::arg("rounds") = 31, py::arg("pairs") = 10000);
+  py::class_<hpa::TestPool>(t, "TestPool")
+      .def(py::init<int, int, int64_t, int64_t, bool>(), py::arg("nodes") = 1, py::arg("cpus_per_node") = 2,
+           py::arg("pages_2m") = 0, py::arg("pages_1g") = 0, py::arg("thp") = true)
+      .def("alloc", &hpa::TestPool::alloc, py::arg("nbytes"), py::arg("node") = 0, py::arg("kinds") = hpa::kAllKinds)
+      .def("alloc_exact", &hpa::TestPool::alloc_exact, py::arg("nbytes"), py::arg("kind"), py::arg("node") = 0)
+      .def("free", &hpa::TestPool::free)
+      .def("block_size", &hpa::TestPool::block_size)
+      .def("release", [](hpa::TestPool& p) { return p.pool().release(); })
+      .def("stats", [](hpa::TestPool& p) { return hpa::pool_stats(p.pool()); })
+      .def("set_max_cached", [](hpa::TestPool& p, size_t n) { p.pool().set_max_cached(n); })
+      .def("bind_thread_cache", [](hpa::TestPool& p, int node) { p.pool().bind_thread_cache(node); })
+      .def("fork_child", &hpa::TestPool::fork_child)
+      .def("set_free_pages", [](hpa::TestPool& p, int kind, int64_t n) { p.os().set_free_pages(hpa::to_kind(kind), n); })
+      .def("free_pages", [](hpa::TestPool& p, int kind) { return p.os().free_pages(hpa::to_kind(kind)); })
+      .def("fail_populate", [](hpa::TestPool& p, int n, int err) { p.os().fail_populate(n, err); })
+      .def_property_readonly("map_calls", [](hpa::TestPool& p) { return p.os().map_calls(); })
+      .def_property_readonly("unmap_calls", [](hpa::TestPool& p) { return p.os().unmap_calls(); })
+      .def_property_readonly("live_mappings", [](hpa::TestPool& p) { return p.os().live_mappings(); })
+      .def_property_readonly("mapped_bytes", [](hpa::TestPool& p) { return p.os().mapped_bytes(); })
+      .def_property_readonly("bad_unmaps", [](hpa::TestPool& p) { return p.os().bad_unmaps(); });
 }

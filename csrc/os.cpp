@@ -82,6 +82,31 @@ class LinuxOs final : public Os {
     return {nullptr, EINVAL};
   }
 
+  MapResult map_composite(size_t head, size_t tail) override {
+    if (head == 0 || head % kGiB != 0 || tail % k2MiB != 0 || head > SIZE_MAX - tail - kGiB)
+      return {nullptr, EINVAL};
+    // Reserve the whole range first (inaccessible, no memory), then lay both parts over it.
+    const size_t size = head + tail;
+    const size_t padded = size + kGiB;
+    void* raw = mmap(nullptr, padded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED) return {nullptr, errno};
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t aligned = (begin + kGiB - 1) & ~(uintptr_t{kGiB} - 1);
+    if (aligned > begin) munmap(raw, aligned - begin);
+    if (begin + padded > aligned + size)
+      munmap(reinterpret_cast<void*>(aligned + size), begin + padded - (aligned + size));
+    char* base = reinterpret_cast<char*>(aligned);
+    const int fixed = MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_FIXED;
+    if (mmap(base, head, PROT_READ | PROT_WRITE, fixed | MAP_HUGE_1GB, -1, 0) == MAP_FAILED ||
+        (tail > 0 &&
+         mmap(base + head, tail, PROT_READ | PROT_WRITE, fixed | MAP_HUGE_2MB, -1, 0) == MAP_FAILED)) {
+      const int err = errno;
+      munmap(base, size);
+      return {nullptr, err};
+    }
+    return {base, 0};
+  }
+
   int unmap(void* addr, size_t size) override { return munmap(addr, size) == 0 ? 0 : errno; }
 
   int populate(void* addr, size_t size) override {

@@ -47,7 +47,13 @@ class Os {
   // Nothing is faulted in; see populate().
   virtual MapResult map(PageKind kind, size_t size) = 0;
 
-  // Unmaps a range returned by map(). Returns an errno value, 0 on success.
+  // Maps one contiguous range, aligned to 1 GiB, whose first `head` bytes are 1 GiB hugetlb pages
+  // and whose next `tail` bytes are 2 MiB hugetlb pages, so that a tensor of 1 GiB and more wastes
+  // less than 2 MiB. REQUIRES: head a non-zero multiple of 1 GiB, tail a multiple of 2 MiB.
+  // Nothing is faulted in. On failure nothing stays mapped.
+  virtual MapResult map_composite(size_t head, size_t tail) = 0;
+
+  // Unmaps a range returned by map() or map_composite(), whole. Returns an errno value, 0 on success.
   virtual int unmap(void* addr, size_t size) = 0;
 
   // Faults every page of the range in for writing (MADV_POPULATE_WRITE, Linux 5.14+). On a hugetlb

@@ -1,53 +1,86 @@
-// Address -> block lookup, so the deleter can tell our pointers from foreign ones without a lock.
+// Address -> record lookup for the deleter and for coalescing, without a lock.
 //
-// Every block this project maps starts on a 2 MiB boundary and covers whole 2 MiB chunks, so a
-// chunk holding a block's start belongs to that block alone: no foreign pointer can fall into it
-// while the block is mapped. The map records, per 2 MiB chunk, the block starting there.
-// A two-level radix tree over 48-bit user addresses: a fixed root of 2^14 slots and leaves of
-// 2^13 slots (64 KiB, one per 16 GiB of address space), created on first use and never freed.
-// Reads are lock-free; writes REQUIRE the caller to serialise them (BlockPool's metadata lock).
+// The map has one slot per 64 KiB unit of the 48-bit user address space, as a two-level radix
+// tree: a fixed root of 2^17 slots and leaves of 2^15 slots (256 KiB, one per 2 GiB of address
+// space) created on first use, by compare-and-swap, and never freed. What the slots hold is the
+// pool's business (see pool.h: the first and last unit of every span, every unit of a slab);
+// unmapped memory has empty slots, so a foreign pointer finds nothing.
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <new>
 
 namespace hpa {
 
+constexpr int kUnitShift = 16;
+constexpr size_t kUnit = size_t{1} << kUnitShift;  // 64 KiB: the granularity of spans
+
 template <typename T>
 class PageMap {
  public:
-  static constexpr int kChunkShift = 21;
   static constexpr int kAddressBits = 48;
-  static constexpr int kLeafBits = 13;
-  static constexpr int kRootBits = kAddressBits - kChunkShift - kLeafBits;
+  static constexpr int kLeafBits = 15;
+  static constexpr int kRootBits = kAddressBits - kUnitShift - kLeafBits;
 
-  // The entry for the chunk holding `addr`, or nullptr.
-  T* get(uintptr_t addr) const {
-    if (addr >> kAddressBits) return nullptr;
-    const uintptr_t chunk = addr >> kChunkShift;
-    const Leaf* leaf = root_[chunk >> kLeafBits].load(std::memory_order_acquire);
-    if (leaf == nullptr) return nullptr;
-    return leaf->slot[chunk & kLeafMask].load(std::memory_order_acquire);
+  PageMap() = default;
+  PageMap(const PageMap&) = delete;
+  PageMap& operator=(const PageMap&) = delete;
+  ~PageMap() {
+    for (auto& slot : root_) delete slot.load(std::memory_order_relaxed);
   }
 
-  // Sets the entry for the chunk holding `addr`. Returns false when the address is outside the
-  // map's range or a leaf cannot be allocated. REQUIRES: writers serialised.
+  // The slot of the unit holding `addr`, or nullptr.
+  T* get(uintptr_t addr) const {
+    if (addr >> kAddressBits) return nullptr;
+    const uintptr_t unit = addr >> kUnitShift;
+    const Leaf* leaf = root_[unit >> kLeafBits].load(std::memory_order_acquire);
+    if (leaf == nullptr) return nullptr;
+    return leaf->slot[unit & kLeafMask].load(std::memory_order_acquire);
+  }
+
+  // Sets the slot of the unit holding `addr`. False when the address is outside the map's range
+  // or a leaf cannot be allocated. Safe against concurrent set() of other slots.
   [[nodiscard]] bool set(uintptr_t addr, T* value) {
     if (addr >> kAddressBits) return false;
-    const uintptr_t chunk = addr >> kChunkShift;
-    std::atomic<Leaf*>& root_slot = root_[chunk >> kLeafBits];
-    Leaf* leaf = root_slot.load(std::memory_order_relaxed);
+    const uintptr_t unit = addr >> kUnitShift;
+    std::atomic<Leaf*>& root_slot = root_[unit >> kLeafBits];
+    Leaf* leaf = root_slot.load(std::memory_order_acquire);
     if (leaf == nullptr) {
-      leaf = new (std::nothrow) Leaf();
-      if (leaf == nullptr) return false;
-      root_slot.store(leaf, std::memory_order_release);
+      Leaf* fresh = new (std::nothrow) Leaf();
+      if (fresh == nullptr) return false;
+      if (root_slot.compare_exchange_strong(leaf, fresh, std::memory_order_acq_rel)) {
+        leaf = fresh;
+      } else {
+        delete fresh;  // another thread created it first; `leaf` now holds theirs
+      }
     }
-    leaf->slot[chunk & kLeafMask].store(value, std::memory_order_release);
+    leaf->slot[unit & kLeafMask].store(value, std::memory_order_release);
     return true;
   }
 
+  // Ensures the leaves covering [addr, addr + size) exist, so that set() there cannot fail.
+  [[nodiscard]] bool prepare(uintptr_t addr, size_t size) {
+    for (uintptr_t a = addr; a < addr + size; a += kUnit << kLeafBits)
+      if (!set_if_absent(a)) return false;
+    return set_if_absent(addr + size - 1);
+  }
+
+  // Sets the slot of every unit in [addr, addr + size). REQUIRES: prepare() succeeded for it.
+  void set_range(uintptr_t addr, size_t size, T* value) {
+    for (uintptr_t a = addr; a < addr + size; a += kUnit) (void)set(a, value);
+  }
+
  private:
+  bool set_if_absent(uintptr_t addr) {
+    if (get(addr) != nullptr) return true;
+    if (addr >> kAddressBits) return false;
+    const uintptr_t unit = addr >> kUnitShift;
+    if (root_[unit >> kLeafBits].load(std::memory_order_acquire) != nullptr) return true;
+    return set(addr, nullptr);
+  }
+
   static constexpr uintptr_t kLeafMask = (uintptr_t{1} << kLeafBits) - 1;
   struct Leaf {
     std::atomic<T*> slot[size_t{1} << kLeafBits] = {};

@@ -25,6 +25,23 @@ MapResult PageSource::obtain(PageKind kind, size_t size, int node) {
     last_error_[k].store(r.error, std::memory_order_relaxed);
     return r;
   }
+  return finish(kind, r, size, node);
+}
+
+MapResult PageSource::obtain_composite(size_t head, size_t tail, int node) {
+  const PageKind kind = PageKind::kHugetlb1G;
+  const int k = static_cast<int>(kind);
+  if (!usable(kind) || (tail > 0 && !usable(PageKind::kHugetlb2M))) return {nullptr, last_error(kind)};
+  MapResult r = os_.map_composite(head, tail);
+  if (r.addr == nullptr) {
+    last_error_[k].store(r.error, std::memory_order_relaxed);
+    return r;
+  }
+  return finish(kind, r, head + tail, node);
+}
+
+MapResult PageSource::finish(PageKind kind, MapResult r, size_t size, int node) {
+  const int k = static_cast<int>(kind);
   // Binding matters only where there is a choice; a one-node system skips the system call.
   if (topology_.num_nodes() > 1) {
     const int err = os_.bind_to_node(r.addr, size, node, /*strict=*/false);

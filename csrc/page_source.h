@@ -30,6 +30,10 @@ class PageSource {
   // On failure returns {nullptr, errno} and leaves nothing mapped.
   MapResult obtain(PageKind kind, size_t size, int node);
 
+  // One range of `head` bytes of 1 GiB pages followed by `tail` bytes of 2 MiB pages, populated.
+  // Failures are recorded against the 1 GiB kind.
+  MapResult obtain_composite(size_t head, size_t tail, int node);
+
   int unmap(void* addr, size_t size) { return os_.unmap(addr, size); }
 
   // False once the kernel showed it cannot provide this kind at all (EINVAL: unsupported page
@@ -43,6 +47,9 @@ class PageSource {
   }
 
  private:
+  // Binds and populates a fresh mapping; on failure unmaps it and records the error.
+  MapResult finish(PageKind kind, MapResult r, size_t size, int node);
+
   Os& os_;
   const Topology& topology_;
   std::atomic<bool> disabled_[kNumPageKinds] = {};

@@ -10,23 +10,25 @@
 
 namespace hpa {
 
-// Byte statistics, kept per (node, page kind) and for "all".
-//   allocated_bytes: bytes of blocks handed out (block sizes: a multiple of the page kind's unit)
-//   requested_bytes: bytes the callers asked for
+// Byte statistics kept per (node, page kind), by each span heap:
+//   allocated_bytes: bytes of spans handed out (large blocks, and slabs of small objects, whole)
 //   reserved_bytes:  bytes mapped from the kernel, handed out or cached
+//   slack_bytes:     bytes of large spans beyond what was requested (a span is whole 64 KiB units)
+// The process-wide "all" figures (GlobalStats) count what callers hold instead: large blocks and
+// small objects, each by its span or size class.
 #define HPA_BYTE_STATS(X) \
   X(allocated_bytes)      \
-  X(requested_bytes)      \
-  X(reserved_bytes)
+  X(reserved_bytes)       \
+  X(slack_bytes)
 
 // Event counters, kept per (node, page kind).
-//   num_allocs:       blocks handed out
-//   num_frees:        blocks given back to the pool
-//   num_cache_hits:   allocations served from the pool's free lists (no system call, no fault)
-//   num_maps:         fresh mappings taken from the kernel
-//   num_unmaps:       mappings given back to the kernel
-//   num_map_failures: attempts to map that the kernel refused (an empty hugetlb pool, a cgroup limit)
-//   num_fallbacks:    allocations served by this kind although a preferred kind was tried first
+//   num_allocs:       spans handed out
+//   num_frees:        spans given back to the heap
+//   num_cache_hits:   spans cut from memory already mapped (no system call, no fault)
+//   num_maps:         fresh mappings (segments) taken from the kernel
+//   num_unmaps:       segments given back to the kernel
+//   num_map_failures: times the kernel refused to grow the heap (an empty hugetlb pool, a cgroup limit)
+//   num_fallbacks:    spans served by this kind although a preferred kind was tried first
 #define HPA_EVENT_STATS(X) \
   X(num_allocs)            \
   X(num_frees)             \
@@ -59,10 +61,12 @@ struct ByteStat {
   }
 };
 
-// A process-wide {current, peak} pair updated without a lock.
+// A process-wide byte stat updated without a lock: current, peak, and the running total freed
+// (the running total allocated is current + freed).
 struct AtomicPeakStat {
   std::atomic<int64_t> current{0};
   std::atomic<int64_t> peak{0};
+  std::atomic<int64_t> freed{0};
 
   void add(int64_t n) {
     const int64_t now = current.fetch_add(n, std::memory_order_relaxed) + n;
@@ -70,8 +74,19 @@ struct AtomicPeakStat {
     while (now > seen && !peak.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
     }
   }
-  void sub(int64_t n) { current.fetch_sub(n, std::memory_order_relaxed); }
+  void sub(int64_t n) {
+    current.fetch_sub(n, std::memory_order_relaxed);
+    freed.fetch_add(n, std::memory_order_relaxed);
+  }
   void reset_peak() { peak.store(current.load(std::memory_order_relaxed), std::memory_order_relaxed); }
+  ByteStat snapshot() const {
+    ByteStat s;
+    s.current = current.load(std::memory_order_relaxed);
+    s.peak = peak.load(std::memory_order_relaxed);
+    s.freed = freed.load(std::memory_order_relaxed);
+    s.allocated = s.current + s.freed;
+    return s;
+  }
 };
 
 struct PoolStats {

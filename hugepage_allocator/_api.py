@@ -13,6 +13,7 @@ from ._errors import ConfigError
 # Page kinds as the native core numbers them (csrc/os.h, PageKind).
 _KIND_1G, _KIND_2M, _KIND_THP, _KIND_BASE = 0, 1, 2, 3
 _PAGE_SIZE_KIND = {"2M": _KIND_2M, "1G": _KIND_1G}
+_UNLIMITED = (1 << 64) - 1
 
 
 def _native():
@@ -43,7 +44,9 @@ def install(config: Any = None, **settings: Any) -> None:
     Raises ConfigError for a bad setting.
     """
     values = _settings.resolve(config, settings)
-    _native().install(values["min_size"], values["huge_1g_min_size"], _kind_mask(values))
+    max_cached = values["max_cached"]
+    _native().install(values["min_size"], values["huge_1g_min_size"], _kind_mask(values),
+                      _UNLIMITED if max_cached is None else max_cached)
 
 
 def uninstall() -> None:
@@ -72,7 +75,9 @@ def memory_stats() -> "OrderedDict[str, int]":
     ``num_map_failures``, ``num_fallbacks`` in total and per kind and node (``num_fallbacks.thp``:
     requests served by THP although huge pages were tried first), plus ``num_ooms`` and
     ``num_passthrough`` (requests below ``min_size``, served by the previous allocator).
-    Per-kind peaks on a multi-node machine are sums of per-node peaks.
+    ``all`` counts what tensors hold (small objects by size class, large blocks by span);
+    kinds and nodes count the pool's spans (a slab of small objects counts whole), and their
+    peaks are sums of per-heap peaks.
     """
     return OrderedDict(sorted(_native().stats().items()))
 
@@ -108,7 +113,7 @@ def empty(
     There is no fallback: if no such page is free, ``torch.OutOfMemoryError`` is raised. The
     memory goes back to the pool when the tensor dies. Works whether or not ``install()`` was called.
     """
-    if page_size not in _PAGE_SIZE_KIND:
+    if not isinstance(page_size, str) or page_size not in _PAGE_SIZE_KIND:
         raise ConfigError(f"page_size must be one of {list(_PAGE_SIZE_KIND)}, not {page_size!r}")
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype, not {type(dtype).__name__}")
@@ -118,10 +123,12 @@ def empty(
     native = _native()
     if node is None:
         node = -1
-    elif node not in native.nodes():
+    elif type(node) is not int or node not in native.nodes():
         raise ValueError(f"node {node!r} is not an online NUMA node; nodes: {native.nodes()}")
     itemsize = torch.empty((), dtype=dtype).element_size()
     nbytes = math.prod(shape) * itemsize
+    if nbytes > _settings.MAX_SIZE:
+        raise ValueError(f"a tensor of shape {shape} and dtype {dtype} needs {nbytes} bytes, over the 2**62 allowed")
     raw = native.empty_bytes(nbytes, _PAGE_SIZE_KIND[page_size], node)
     return raw.view(dtype).view(shape)
 

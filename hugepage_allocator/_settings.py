@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ._errors import ConfigError
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*(?:([KMGT])(?:i?B)?|B)?\s*$", re.IGNORECASE | re.ASCII)
 MAX_SIZE = 1 << 62
 
 
@@ -31,12 +36,18 @@ def parse_size(value: Any) -> int:
         m = _SIZE_RE.match(value)
         if not m:
             raise ValueError(f"{value!r} is not a size (examples: 1048576, 512KB, 64MB, 2GB)")
-        n = int(m.group(1)) * _UNITS[m.group(2).upper()]
+        n = int(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
     else:
         raise ValueError(f"a size (an int or a string like '64MB'), not {type(value).__name__}")
     if n < 0 or n > MAX_SIZE:
         raise ValueError(f"{n} is out of range (0 to 2**62 bytes)")
     return n
+
+
+def _size_or_unlimited(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("unlimited", "none")):
+        return None
+    return parse_size(value)
 
 
 def _choices(allowed: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
@@ -89,9 +100,9 @@ SETTINGS: tuple[Setting, ...] = (
         _choices(("thp", "base")),
     ),
     Setting(
-        "min_size", 1 << 20, "a size from 0 to 2**62 bytes",
+        "min_size", 0, "a size from 0 to 2**62 bytes",
         "Requests smaller than this are served by the allocator that was current before "
-        "install() (PyTorch's default), since a block on huge pages is a multiple of 2 MiB.",
+        "install() (PyTorch's default) instead of the huge-page pool.",
         parse_size,
     ),
     Setting(
@@ -100,13 +111,22 @@ SETTINGS: tuple[Setting, ...] = (
         "kernel has free 1 GiB pages.",
         _size_at_least(2 << 20),
     ),
+    Setting(
+        "max_cached", None, "a size, or unlimited",
+        "Idle (free but mapped) memory kept for reuse. When a free leaves a whole segment idle "
+        "and the pool holds more idle memory than this, the segment goes back to the kernel at "
+        "once. empty_cache() gives back every idle segment whatever this says.",
+        _size_or_unlimited,
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
-def _unknown(name: str) -> ConfigError:
+def _unknown(name: Any) -> ConfigError:
     import difflib
 
+    if not isinstance(name, str):
+        return ConfigError(f"setting names are strings, not {name!r}; known settings: {', '.join(_BY_NAME)}")
     close = difflib.get_close_matches(name, _BY_NAME, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown setting {name!r}{hint}; known settings: {', '.join(_BY_NAME)}")
@@ -182,6 +202,11 @@ def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None) -> d
             values[name] = setting.parse(value)
         except ValueError as e:
             raise ConfigError(f"bad value for setting {name!r}: {e}; allowed: {setting.allowed}") from None
+    if not values["page_sizes"] and not values["fallback"]:
+        raise ConfigError("page_sizes and fallback are both empty: no page kind is left to serve requests")
+    if values["page_sizes"] == ("1G",) and not values["fallback"]:
+        raise ConfigError("page_sizes [1G] with an empty fallback leaves requests below "
+                          "huge_1g_min_size nowhere to go; add 2M to page_sizes or a fallback")
     return values
 
 
@@ -189,6 +214,8 @@ def markdown_table() -> str:
     """The settings table of the README, generated from SETTINGS."""
 
     def show(value: Any) -> str:
+        if value is None:
+            return "unlimited"
         if isinstance(value, tuple):
             return "[" + ", ".join(value) + "]"
         if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:

@@ -33,9 +33,11 @@ def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str])
         ("reserved_bytes", "Reserved memory"),
     ):
         for pool in pools:
-            label = title if pool == "all" else f"      from {pool}"
-            cells = [_fmt_bytes(stats[f"{stat}.{pool}.{m}"]) for m in ("current", "peak", "allocated", "freed")]
-            lines.append(_row(label, cells))
+            keys = [f"{stat}.{pool}.{m}" for m in ("current", "peak", "allocated", "freed")]
+            if not any(k in stats for k in keys):
+                continue
+            label = title if pool == "all" else f"      in {pool}"
+            lines.append(_row(label, [_fmt_bytes(stats[k]) if k in stats else "-" for k in keys]))
         lines.append(rule)
     lines.append(_row("Events", ["all"] + kinds[:3]))
     lines.append(rule)

@@ -29,27 +29,44 @@ def test_ordinary_tensors_of_a_few_mib_land_on_2mib_hugetlb_pages(pools, python)
         }
         report(before=kernel.page_size_kb(before.data_ptr()),
                pages={name: kernel.page_size_kb(t.data_ptr()) for name, t in tensors.items()},
-               aligned={name: t.data_ptr() % (2 << 20) == 0 for name, t in tensors.items()})
+               aligned={name: t.data_ptr() % 64 == 0 for name, t in tensors.items()})
     """)
     assert r["before"] == 4, "a tensor made before install() should stay on ordinary pages"
     assert r["pages"] == {name: 2048 for name in r["pages"]}
     assert all(r["aligned"].values())
 
 
-def test_tensor_of_1_5_gib_lands_on_1gib_pages_when_two_are_reserved(pools, python):
-    pools.ensure_free("1G", 2)
+def test_tensor_of_1_5_gib_has_a_1gib_page_head_and_a_2mib_page_tail(pools, python):
+    pools.ensure_free("1G", 1)
+    pools.ensure_free("2M", 256)
     r = python("""
         hpa.install()
+        free_1g, free_2m = kernel.pool("1G", "free_hugepages"), kernel.pool("2M", "free_hugepages")
         t = torch.empty(3 << 29, dtype=torch.uint8)   # 1.5 GiB
         t[::4096] = 7
-        m = kernel.mapping_of(t.data_ptr())
-        report(kps=m.kernel_page_kb, length=m.end - m.start, ok=bool((t[::4096] == 7).all()),
-               stats=hpa.memory_stats()["allocated_bytes.hugetlb_1G.current"])
+        head = kernel.mapping_of(t.data_ptr())
+        tail = kernel.mapping_of(t.data_ptr() + (1 << 30))
+        report(head=[head.kernel_page_kb, head.end - head.start], tail=[tail.kernel_page_kb, tail.end - tail.start],
+               contiguous=head.end == tail.start, ok=bool((t[::4096] == 7).all()),
+               used_1g=free_1g - kernel.pool("1G", "free_hugepages"),
+               used_2m=free_2m - kernel.pool("2M", "free_hugepages"))
     """)
-    assert r["kps"] == 1048576
-    assert r["length"] == 2 * GiB
-    assert r["ok"]
-    assert r["stats"] == 2 * GiB
+    assert r["head"] == [1048576, GiB]
+    assert r["tail"] == [2048, GiB // 2]
+    assert r["contiguous"] and r["ok"]
+    assert r["used_1g"] == 1 and r["used_2m"] == 256, "waste under 2 MiB: one 1 GiB page and 256 of 2 MiB"
+
+
+def test_tensor_of_1_5_gib_takes_two_1gib_pages_when_no_2mib_page_is_free(pools, python):
+    pools.ensure_free("1G", 2)
+    pools.set_free("2M", 0)
+    r = python("""
+        hpa.install()
+        t = torch.empty(3 << 29, dtype=torch.uint8)
+        m = kernel.mapping_of(t.data_ptr())
+        report(kps=m.kernel_page_kb, length=m.end - m.start)
+    """)
+    assert r.values == {"kps": 1048576, "length": 2 * GiB}
 
 
 def test_tensor_of_1_gib_falls_back_to_2mib_pages_without_1gib_pages(pools, python):
@@ -84,7 +101,7 @@ def test_small_tensors_below_min_size_stay_with_the_previous_allocator(pools, py
         hpa.install(min_size="1MB")
         small = torch.empty(100_000, dtype=torch.uint8)
         large = torch.empty(1 << 20, dtype=torch.uint8)
-        report(small=hpa._C.owns(small.data_ptr()), large=kernel.page_size_kb(large.data_ptr()),
+        report(small=(hpa._C.block_size(small.data_ptr()) > 0), large=kernel.page_size_kb(large.data_ptr()),
                passthrough=hpa.memory_stats()["num_passthrough"])
     """)
     assert r["small"] is False

@@ -1,0 +1,107 @@
+#include "fake_os.h"
+
+#include <cerrno>
+#include <cstdlib>
+
+namespace hpa {
+
+FakeOs::FakeOs(int nodes, int cpus_per_node, int64_t pages_2m, int64_t pages_1g, bool thp)
+    : nodes_(nodes), cpus_per_node_(cpus_per_node), thp_(thp), free_2m_(pages_2m), free_1g_(pages_1g) {}
+
+FakeOs::~FakeOs() {
+  for (auto& [addr, m] : mappings_) std::free(m.memory);
+}
+
+MapResult FakeOs::take(size_t size, size_t align, int64_t pages_2m, int64_t pages_1g) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++map_calls_;
+  if (pages_2m > free_2m_ || pages_1g > free_1g_) return {nullptr, ENOMEM};
+  if (size > (size_t{1} << 40)) return {nullptr, ENOMEM};
+  void* memory = std::aligned_alloc(align, size);
+  if (memory == nullptr) return {nullptr, ENOMEM};
+  free_2m_ -= pages_2m;
+  free_1g_ -= pages_1g;
+  mappings_[reinterpret_cast<uintptr_t>(memory)] = {size, pages_2m, pages_1g, memory};
+  return {memory, 0};
+}
+
+MapResult FakeOs::map(PageKind kind, size_t size) {
+  if (size == 0 || size % page_kind_unit(kind) != 0) return {nullptr, EINVAL};
+  switch (kind) {
+    case PageKind::kHugetlb1G: return take(size, kGiB, 0, static_cast<int64_t>(size / kGiB));
+    case PageKind::kHugetlb2M: return take(size, k2MiB, static_cast<int64_t>(size / k2MiB), 0);
+    case PageKind::kThp:
+    case PageKind::kBase: return take(size, k2MiB, 0, 0);
+  }
+  return {nullptr, EINVAL};
+}
+
+MapResult FakeOs::map_composite(size_t head, size_t tail) {
+  if (head == 0 || head % kGiB != 0 || tail % k2MiB != 0) return {nullptr, EINVAL};
+  return take(head + tail, kGiB, static_cast<int64_t>(tail / k2MiB), static_cast<int64_t>(head / kGiB));
+}
+
+int FakeOs::unmap(void* addr, size_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++unmap_calls_;
+  auto it = mappings_.find(reinterpret_cast<uintptr_t>(addr));
+  if (it == mappings_.end() || it->second.size != size) {
+    ++bad_unmaps_;
+    return EINVAL;
+  }
+  free_2m_ += it->second.pages_2m;
+  free_1g_ += it->second.pages_1g;
+  std::free(it->second.memory);
+  mappings_.erase(it);
+  return 0;
+}
+
+int FakeOs::populate(void* addr, size_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (populate_failures_ > 0) {
+    --populate_failures_;
+    return populate_error_;
+  }
+  return 0;
+}
+
+int FakeOs::bind_to_node(void*, size_t, int node, bool) { return node >= 0 && node < nodes_ ? 0 : EINVAL; }
+
+int FakeOs::read_file(const char* path, std::string* out) {
+  const std::string p = path;
+  if (p == "/sys/devices/system/node/online") {
+    *out = nodes_ == 1 ? "0\n" : "0-" + std::to_string(nodes_ - 1) + "\n";
+    return 0;
+  }
+  const std::string prefix = "/sys/devices/system/node/node";
+  if (p.rfind(prefix, 0) == 0 && p.size() > prefix.size() + 8 && p.substr(p.size() - 8) == "/cpulist") {
+    const int node = std::atoi(p.c_str() + prefix.size());
+    const int first = node * cpus_per_node_;
+    *out = std::to_string(first) + "-" + std::to_string(first + cpus_per_node_ - 1) + "\n";
+    return 0;
+  }
+  if (p == "/sys/kernel/mm/transparent_hugepage/enabled") {
+    *out = thp_ ? "always [madvise] never\n" : "always madvise [never]\n";
+    return 0;
+  }
+  return ENOENT;
+}
+
+void FakeOs::set_free_pages(PageKind kind, int64_t pages) {
+  std::lock_guard<std::mutex> lock(mu_);
+  (kind == PageKind::kHugetlb1G ? free_1g_ : free_2m_) = pages;
+}
+
+int64_t FakeOs::free_pages(PageKind kind) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kind == PageKind::kHugetlb1G ? free_1g_ : free_2m_;
+}
+
+size_t FakeOs::mapped_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t total = 0;
+  for (const auto& [addr, m] : mappings_) total += m.size;
+  return total;
+}
+
+}  // namespace hpa

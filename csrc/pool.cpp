@@ -1,0 +1,160 @@
+#include "pool.h"
+
+namespace hpa {
+
+Pool::Pool(Os& os, const Topology& topology, int arena_slot)
+    : topology_(topology),
+      source_(os, topology),
+      heaps_(new std::unique_ptr<SpanHeap>[static_cast<size_t>(kMaxNodes) * kNumPageKinds]),
+      arena_(*this, map_, topology, arena_slot) {
+  const IdleGauge& idle = *this;
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k)
+      heaps_[node * kNumPageKinds + k] = std::make_unique<SpanHeap>(
+          static_cast<PageKind>(k), node, source_, map_, global_, max_cached_, idle);
+}
+
+Pool::~Pool() = default;  // the arena goes first (declared last), then the heaps unmap
+
+Block Pool::allocate(size_t nbytes, int node, const Plan& plan) {
+  if (nbytes <= kSmallMax) {
+    size_t size = 0;
+    void* p = arena_.allocate(nbytes, node, &size);
+    if (p == nullptr) return {};
+    global_.allocated_bytes.add(static_cast<int64_t>(size));
+    return {p, size};
+  }
+  Span* s = large(nbytes, node, plan, /*force=*/false);
+  if (s == nullptr) s = large(nbytes, node, plan, /*force=*/true);
+  if (s == nullptr) return {};
+  return {reinterpret_cast<void*>(s->begin()), s->bytes()};
+}
+
+Block Pool::allocate_exact(size_t nbytes, PageKind kind, int node) {
+  Plan plan;
+  plan.add(kind);
+  Span* s = large(nbytes, node, plan, /*force=*/true);
+  if (s == nullptr) return {};
+  return {reinterpret_cast<void*>(s->begin()), s->bytes()};
+}
+
+Span* Pool::large(size_t nbytes, int node, const Plan& plan, bool force) {
+  if (nbytes > SIZE_MAX - kUnit) return nullptr;
+  const size_t units = (nbytes + kUnit - 1) / kUnit;
+  for (int i = 0; i < plan.count; ++i) {
+    const PageKind kind = plan.kinds[i];
+    // A composite 1 GiB segment serves one tensor; do not let a small one sit in a large one.
+    const size_t max_leftover = kind == PageKind::kHugetlb1G ? units / 8 : SIZE_MAX;
+    bool from_cache = false;
+    Span* s = heap(node, kind).allocate(units, nbytes, max_leftover, force, /*fallback=*/i > 0, &from_cache);
+    if (s == nullptr) continue;
+    global_.allocated_bytes.add(static_cast<int64_t>(s->bytes()));
+    return s;
+  }
+  return nullptr;
+}
+
+size_t Pool::free(void* p) {
+  Span* s = map_.get(reinterpret_cast<uintptr_t>(p));
+  if (s == nullptr) return 0;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  switch (s->state.load(std::memory_order_acquire)) {
+    case SpanState::kSlab: {
+      if (addr < s->begin() || addr >= s->end()) return 0;
+      const size_t size = s->object_size;
+      arena_.free(p, s);
+      global_.allocated_bytes.sub(static_cast<int64_t>(size));
+      return size;
+    }
+    case SpanState::kLarge: {
+      if (s->begin() != addr) return 0;
+      const size_t size = s->bytes();
+      heap(s->segment->node, s->segment->kind).free(s);
+      global_.allocated_bytes.sub(static_cast<int64_t>(size));
+      return size;
+    }
+    case SpanState::kFree:
+      return 0;
+  }
+  return 0;
+}
+
+size_t Pool::block_size(const void* p) const {
+  const Span* s = map_.get(reinterpret_cast<uintptr_t>(p));
+  if (s == nullptr) return 0;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  switch (s->state.load(std::memory_order_acquire)) {
+    case SpanState::kSlab:
+      return addr >= s->begin() && addr < s->end() ? s->object_size : 0;
+    case SpanState::kLarge:
+      return s->begin() == addr ? s->bytes() : 0;
+    case SpanState::kFree:
+      return 0;
+  }
+  return 0;
+}
+
+Span* Pool::get_slab(int node, size_t units) {
+  const KindMask mask = small_kinds_.load(std::memory_order_relaxed);
+  int tried = 0;
+  for (PageKind kind : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase}) {
+    if (!(mask & kind_bit(kind))) continue;
+    bool from_cache = false;
+    Span* s = heap(node, kind).allocate(units, units * kUnit, SIZE_MAX, /*force=*/false,
+                                        /*fallback=*/tried++ > 0, &from_cache);
+    if (s != nullptr) return s;
+  }
+  return nullptr;
+}
+
+void Pool::put_slab(Span* s) {
+  s->state.store(SpanState::kLarge, std::memory_order_relaxed);
+  heap(s->segment->node, s->segment->kind).free(s);
+}
+
+size_t Pool::release() {
+  arena_.release();
+  size_t bytes = 0;
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k) bytes += heap(node, static_cast<PageKind>(k)).release_free_segments();
+  return bytes;
+}
+
+PoolStats Pool::heap_stats(int node, PageKind kind) const {
+  return heaps_[node * kNumPageKinds + static_cast<int>(kind)]->stats();
+}
+
+void Pool::reset_peaks() {
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).reset_peaks();
+  global_.allocated_bytes.reset_peak();
+  global_.reserved_bytes.reset_peak();
+}
+
+int64_t Pool::idle_bytes() const {
+  int64_t in_use = 0;
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k) in_use += heaps_[node * kNumPageKinds + k]->span_bytes();
+  return global_.reserved_bytes.current.load(std::memory_order_relaxed) - in_use;
+}
+
+// Lock order: the arena's locks (its cache registry, then each central list), then each heap.
+void Pool::lock_all() {
+  arena_.lock_all();
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().lock();
+}
+
+void Pool::unlock_all() {
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().unlock();
+  arena_.unlock_all();
+}
+
+void Pool::forget_after_fork() {
+  arena_.forget_after_fork();
+  for (int node : topology_.nodes())
+    for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).forget_after_fork();
+}
+
+}  // namespace hpa

@@ -1,0 +1,108 @@
+// The pool: the facade over span heaps (one per NUMA node and page kind) and the small arena.
+//
+// A request of up to kSmallMax bytes goes to the small arena; a larger one becomes a span of the
+// first heap of its plan that can serve it (explicit huge pages first, then THP, then base pages,
+// each fallback counted). Plans come from the allocator's settings; a request of 1 GiB or more
+// whose plan starts with the 1 GiB kind gets a composite segment of its own (1 GiB pages, then
+// 2 MiB pages). When every heap of the plan refused, each one's fully free segments have already
+// been given back (SpanHeap::grow); the plan is tried once more ignoring back-off, then fails.
+//
+// Note [Fork]
+// After fork() the child shares every page mapped so far with its parent, copy-on-write. Writing
+// to such a page copies it, and for hugetlb memory with no free huge page for the copy the kernel
+// kills the writer with SIGBUS. The allocator's own reuse would be such a write, so the child
+// forgets all cached memory: inherited segments are never reused in the child and are unmapped as
+// soon as their last block is freed there (SpanHeap::forget_after_fork,
+// SmallArena::forget_after_fork). Every lock is taken before fork() and released in both processes
+// after it (pthread_atfork), so no lock is inherited held by a thread that does not exist.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "os.h"
+#include "page_map.h"
+#include "page_source.h"
+#include "small_arena.h"
+#include "span.h"
+#include "span_heap.h"
+#include "stats.h"
+#include "topology.h"
+
+namespace hpa {
+
+// Kinds to try for one request, in order.
+struct Plan {
+  PageKind kinds[kNumPageKinds] = {};
+  int count = 0;
+  void add(PageKind k) { kinds[count++] = k; }
+};
+
+// Bit i set: PageKind i may be used.
+using KindMask = uint8_t;
+constexpr KindMask kind_bit(PageKind k) { return static_cast<KindMask>(1u << static_cast<int>(k)); }
+constexpr KindMask kAllKinds = (1u << kNumPageKinds) - 1;
+
+struct Block {
+  void* ptr = nullptr;
+  size_t size = 0;  // bytes the block holds: its size class or its span
+};
+
+class Pool final : private SlabSource, private IdleGauge {
+ public:
+  static constexpr size_t kUnlimited = SIZE_MAX;
+
+  // `arena_slot`: 0 for the process allocator, SmallArena::claim_slot() for a test pool.
+  Pool(Os& os, const Topology& topology, int arena_slot);
+  ~Pool() override;  // test pools only: unmaps everything
+
+  // A block of at least `nbytes` (> 0) on `node`, by `plan`; {nullptr, 0} when nothing can serve it.
+  Block allocate(size_t nbytes, int node, const Plan& plan);
+  // A span of exactly `kind` on `node`, whatever the size; {nullptr, 0} if the kind cannot serve it.
+  Block allocate_exact(size_t nbytes, PageKind kind, int node);
+  // Frees `p` if it is ours and returns its size; returns 0 (and does nothing) for a foreign pointer.
+  size_t free(void* p);
+  // The size of our block starting at `p`, 0 if `p` is not one. Lock-free.
+  size_t block_size(const void* p) const;
+
+  // Gives back all idle memory that can be given back: the calling thread's small-object cache,
+  // fully free slabs, fully free segments. Returns the bytes unmapped.
+  size_t release();
+
+  // The kinds small requests' slabs may come from (bit of 1 GiB ignored).
+  void set_small_kinds(KindMask mask) { small_kinds_.store(mask, std::memory_order_relaxed); }
+  // Idle bytes kept: a segment that becomes fully free beyond this is unmapped at once.
+  void set_max_cached(size_t bytes) { max_cached_.store(bytes, std::memory_order_relaxed); }
+  // The calling thread's small objects come from `node` from now on.
+  void bind_thread_cache(int node) { arena_.set_cache_node(node); }
+
+  PoolStats heap_stats(int node, PageKind kind) const;
+  const GlobalStats& global_stats() const { return global_; }
+  void reset_peaks();
+  const Topology& topology() const { return topology_; }
+  const PageSource& source() const { return source_; }
+
+  void lock_all();
+  void unlock_all();
+  void forget_after_fork();  // in the child, after unlock_all()
+
+ private:
+  Span* get_slab(int node, size_t units) override;
+  void put_slab(Span* s) override;
+  int64_t idle_bytes() const override;
+  SpanHeap& heap(int node, PageKind kind) { return *heaps_[node * kNumPageKinds + static_cast<int>(kind)]; }
+  Span* large(size_t nbytes, int node, const Plan& plan, bool force);
+
+  const Topology& topology_;
+  PageSource source_;
+  PageMap<Span> map_;
+  GlobalStats global_;
+  std::atomic<KindMask> small_kinds_{kAllKinds};
+  std::atomic<size_t> max_cached_{kUnlimited};
+  std::unique_ptr<std::unique_ptr<SpanHeap>[]> heaps_;  // [node][kind], online nodes only
+  SmallArena arena_;
+};
+
+}  // namespace hpa

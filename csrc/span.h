@@ -1,0 +1,55 @@
+// Records of the pool: a Segment is one mapping taken from the kernel; a Span is a run of 64 KiB
+// units inside one segment, free, handed out whole (a large block), or cut into equal objects
+// (a slab of the small arena). Records are recycled, never freed while the pool lives, so a
+// lock-free reader holding a stale pointer reads a valid (if outdated) record.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "os.h"
+#include "page_map.h"
+
+namespace hpa {
+
+struct Segment {
+  uintptr_t start = 0;
+  size_t size = 0;        // bytes mapped
+  size_t head_1g = 0;     // composite segments: bytes of 1 GiB pages at the start
+  PageKind kind = PageKind::kBase;
+  int16_t node = 0;
+  // Mapped before a fork() of which this process is the child: its pages are shared
+  // copy-on-write with the parent, so its free space is never reused here (Note [Fork]).
+  bool inherited = false;
+  Segment* prev = nullptr;  // the heap's list of segments
+  Segment* next = nullptr;
+};
+
+enum class SpanState : uint8_t { kFree = 0, kLarge = 1, kSlab = 2 };
+
+struct Span {
+  // Read lock-free by the deleter (Pool::lookup); written under the owning heap's lock.
+  std::atomic<uintptr_t> start{0};
+  std::atomic<SpanState> state{SpanState::kFree};
+  size_t units = 0;             // length in 64 KiB units
+  Segment* segment = nullptr;
+  Span* prev = nullptr;         // free lists of the heap, partial lists of the arena, spare lists
+  Span* next = nullptr;
+  size_t requested = 0;         // kLarge: bytes asked for
+
+  // kSlab only (guarded by the owning size class's lock).
+  void* free_objects = nullptr;  // intrusive list threaded through the free objects
+  uintptr_t bump = 0;            // objects at or beyond this address were never handed out
+  uint32_t object_size = 0;
+  uint32_t live = 0;             // objects handed out (to users or thread caches)
+  uint32_t capacity = 0;
+  uint8_t size_class = 0;
+  bool in_partial = false;       // on its size class's list of slabs with free objects
+
+  uintptr_t begin() const { return start.load(std::memory_order_relaxed); }
+  uintptr_t end() const { return begin() + units * kUnit; }
+  size_t bytes() const { return units * kUnit; }
+};
+
+}  // namespace hpa

@@ -1,0 +1,186 @@
+// A heap of spans for one (NUMA node, page kind): segments mapped from the kernel and cut into
+// spans of 64 KiB units, split on allocation, coalesced with free neighbours on free, best fit.
+//
+// Segments of the 2 MiB, THP and base kinds grow by at least kGrowBytes (or the request, rounded
+// to 2 MiB), so spans of different sizes share huge pages and the waste per span stays under one
+// unit. Segments of the 1 GiB kind are composite, one per large request: 1 GiB pages for the head
+// and 2 MiB pages for the tail (see Os::map_composite), so a tensor of 1 GiB and more wastes less
+// than 2 MiB; such a request passes over a cached span that would leave more than an eighth unused.
+//
+// When the kernel refuses to grow the heap, its fully free segments are given back (the kernel's
+// pool may be holding our own idle pages) and growing is tried once more; after that the heap
+// backs off (see Backoff). A segment that becomes fully free is unmapped at once when the pool's
+// idle memory exceeds its cap (Pool::max_cached), otherwise kept for reuse.
+//
+// Thread safety: every public method takes the heap's lock; no system call runs under it.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "os.h"
+#include "page_map.h"
+#include "page_source.h"
+#include "span.h"
+#include "spin_lock.h"
+#include "stats.h"
+
+namespace hpa {
+
+// Free spans bucketed by length: buckets 1..kExactBuckets hold spans of exactly that many units,
+// the last one the longer spans. A bitmap of non-empty buckets makes best fit a few word scans.
+class FreeSpans {
+ public:
+  static constexpr size_t kExactBuckets = 512;  // 32 MiB
+  void push(Span* s);                // most recently freed first
+  Span* take(size_t min_units);      // the shortest span of at least min_units, or nullptr
+  void remove(Span* s);
+
+ private:
+  static size_t bucket_of(size_t units) { return units > kExactBuckets ? kExactBuckets + 1 : units; }
+  static constexpr size_t kBuckets = kExactBuckets + 2;  // index 0 unused
+  static constexpr size_t kWords = (kBuckets + 63) / 64;
+  Span* heads_[kBuckets] = {};
+  uint64_t nonempty_[kWords] = {};
+};
+
+// Records handed out and taken back by one owner (under its lock); chunks are freed with it.
+template <typename T>
+class RecordPool {
+ public:
+  RecordPool() = default;
+  RecordPool(const RecordPool&) = delete;
+  RecordPool& operator=(const RecordPool&) = delete;
+  ~RecordPool() {
+    for (T* chunk : chunks_) delete[] chunk;
+  }
+  T* get() {
+    if (spare_ == nullptr && !grow()) return nullptr;
+    T* r = spare_;
+    spare_ = r->next;
+    r->next = nullptr;
+    return r;
+  }
+  void put(T* r) {
+    r->prev = nullptr;
+    r->next = spare_;
+    spare_ = r;
+  }
+
+ private:
+  static constexpr size_t kChunk = 128;
+  bool grow() {
+    T* chunk = new (std::nothrow) T[kChunk];
+    if (chunk == nullptr) return false;
+    chunks_.push_back(chunk);
+    for (size_t i = 0; i < kChunk; ++i) put(&chunk[i]);
+    return true;
+  }
+  std::vector<T*> chunks_;
+  T* spare_ = nullptr;
+};
+
+// After the kernel refuses to grow a heap by some size, requests of that size or more skip the
+// attempt for the next `window` tries; the window doubles on each refusal in a row (up to
+// kMaxSkip) and closes on a success or when memory is given back. Keyed by size so that one
+// absurd request does not push ordinary ones off huge pages.
+class Backoff {
+ public:
+  static constexpr uint32_t kMaxSkip = 256;
+  bool skip(size_t size) {
+    if (remaining_ == 0 || size < refused_size_) return false;
+    --remaining_;
+    return true;
+  }
+  void refused(size_t size) {
+    refused_size_ = remaining_ == 0 ? size : std::min(refused_size_, size);
+    window_ = window_ == 0 ? 1 : std::min<uint32_t>(window_ * 2, kMaxSkip);
+    remaining_ = window_;
+  }
+  void reset() { window_ = remaining_ = 0; }
+
+ private:
+  uint32_t window_ = 0;
+  uint32_t remaining_ = 0;
+  size_t refused_size_ = 0;
+};
+
+// Process-wide totals, kept with atomics so no lock is shared across heaps.
+struct GlobalStats {
+  AtomicPeakStat allocated_bytes;  // what callers hold: large blocks and small objects
+  AtomicPeakStat reserved_bytes;   // mapped from the kernel
+};
+
+// The pool's idle memory (mapped, not in any span in use), for the max_cached rule.
+class IdleGauge {
+ public:
+  virtual ~IdleGauge() = default;
+  virtual int64_t idle_bytes() const = 0;
+};
+
+class SpanHeap {
+ public:
+  static constexpr size_t kGrowBytes = 16 * kMiB;
+
+  SpanHeap(PageKind kind, int node, PageSource& source, PageMap<Span>& map, GlobalStats& global,
+           const std::atomic<size_t>& max_cached, const IdleGauge& idle);
+  SpanHeap(const SpanHeap&) = delete;
+  SpanHeap& operator=(const SpanHeap&) = delete;
+  ~SpanHeap();  // unmaps every segment (only test pools are ever destroyed)
+
+  // A span of `units` (> 0) in state kLarge for `requested` bytes (at most units * kUnit), with
+  // its first and last unit in the page map.
+  // A free span leaving more than `max_leftover` units unused is passed over while the kernel can
+  // grow the heap. nullptr when the kernel refuses (or the heap backs off, unless `force`).
+  // *from_cache tells whether no new segment was needed; `fallback` counts the span as served
+  // by this kind although a preferred kind was tried first.
+  Span* allocate(size_t units, size_t requested, size_t max_leftover, bool force, bool fallback,
+                 bool* from_cache);
+  // Takes back a span of this heap (state kLarge or kSlab) and coalesces it.
+  void free(Span* s);
+  // Unmaps every fully free segment. Returns the bytes unmapped.
+  size_t release_free_segments();
+
+  PoolStats stats() const;
+  void reset_peaks();
+  PageKind kind() const { return kind_; }
+  // Bytes of spans in use; read lock-free (possibly a moment old) by the pool's IdleGauge.
+  int64_t span_bytes() const { return span_bytes_.load(std::memory_order_relaxed); }
+
+  // Fork: the mutex is taken before fork() and released after it in both processes; in the
+  // child, forget_after_fork() (after unlock, one thread) stops reusing inherited memory.
+  SpinLock& mutex() { return mu_; }
+  void forget_after_fork();
+
+ private:
+  // Maps a segment; returns the free span covering it, not yet in the heap. No lock held.
+  Span* grow(size_t units);
+  Span* take_fit(size_t units, size_t requested, size_t max_leftover);
+  void add_segment(Span* whole);  // puts a segment from grow() into the heap
+  bool whole_segment(const Span* s) const;
+  bool over_cap() const;  // idle memory beyond max_cached
+  void drop_segment(Segment* seg, Span* s, std::vector<Segment>* doomed);  // REQUIRES: s free, whole
+  void unmap_all(std::vector<Segment>& doomed);
+
+  const PageKind kind_;
+  const int node_;
+  PageSource& source_;
+  PageMap<Span>& map_;
+  GlobalStats& global_;
+  const std::atomic<size_t>& max_cached_;
+  const IdleGauge& idle_;
+
+  mutable SpinLock mu_;
+  std::atomic<int64_t> span_bytes_{0};  // written under mu_
+  FreeSpans free_;
+  Segment* segments_ = nullptr;
+  RecordPool<Span> spans_;
+  RecordPool<Segment> segment_records_;
+  PoolStats stats_;
+  Backoff backoff_;
+};
+
+}  // namespace hpa
