@@ -126,13 +126,13 @@ std::vector<double> time_alloc_free(const std::string& which, size_t nbytes, int
 }
 
 // A pool over a fake OS, for tests: addresses are real (heap memory), pools and failures are not.
-class TestPool {
+class FakePool {
  public:
-  TestPool(int nodes, int cpus_per_node, int64_t pages_2m, int64_t pages_1g, bool thp)
+  FakePool(int nodes, int cpus_per_node, int64_t pages_2m, int64_t pages_1g, bool thp)
       : os_(nodes, cpus_per_node, pages_2m, pages_1g, thp), topology_(os_) {
-    TORCH_CHECK_VALUE(nodes >= 1 && nodes <= kMaxNodes, "TestPool: nodes must be 1..", kMaxNodes);
+    TORCH_CHECK_VALUE(nodes >= 1 && nodes <= kMaxNodes, "FakePool: nodes must be 1..", kMaxNodes);
     const int slot = SmallArena::claim_slot();
-    TORCH_CHECK(slot > 0, "TestPool: at most ", SmallArena::kMaxArenas - 1, " test pools at once");
+    TORCH_CHECK(slot > 0, "FakePool: at most ", SmallArena::kMaxArenas - 1, " test pools at once");
     pool_ = std::make_unique<Pool>(os_, topology_, slot);
   }
 
@@ -140,9 +140,12 @@ class TestPool {
   py::object alloc(size_t nbytes, int node, int kinds) {
     TORCH_CHECK_VALUE(nbytes > 0, "alloc: size must be positive");
     TORCH_CHECK_VALUE(topology_.has_node(node), "alloc: no node ", node);
+    // The plan the allocator would make (HugePageAllocator::plan_for), with the default threshold.
     Plan plan;
-    for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase})
+    if ((kinds & kind_bit(PageKind::kHugetlb1G)) && nbytes >= kGiB) plan.add(PageKind::kHugetlb1G);
+    for (PageKind k : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase})
       if (kinds & kind_bit(k)) plan.add(k);
+    pool_->set_small_kinds(static_cast<KindMask>(kinds));
     const Block b = pool_->allocate(nbytes, node, plan);
     if (b.ptr == nullptr) return py::none();
     return py::make_tuple(reinterpret_cast<uintptr_t>(b.ptr), b.size);
@@ -202,24 +205,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   auto t = m.def_submodule("testing", "Test and benchmark hooks: a pool over a fake OS, hot-path timing");
   t.def("time_alloc_free", &hpa::time_alloc_free, py::arg("which"), py::arg("nbytes"),
         py::arg("rounds") = 31, py::arg("pairs") = 10000);
-  py::class_<hpa::TestPool>(t, "TestPool")
+  py::class_<hpa::FakePool>(t, "FakePool")
       .def(py::init<int, int, int64_t, int64_t, bool>(), py::arg("nodes") = 1, py::arg("cpus_per_node") = 2,
            py::arg("pages_2m") = 0, py::arg("pages_1g") = 0, py::arg("thp") = true)
-      .def("alloc", &hpa::TestPool::alloc, py::arg("nbytes"), py::arg("node") = 0, py::arg("kinds") = hpa::kAllKinds)
-      .def("alloc_exact", &hpa::TestPool::alloc_exact, py::arg("nbytes"), py::arg("kind"), py::arg("node") = 0)
-      .def("free", &hpa::TestPool::free)
-      .def("block_size", &hpa::TestPool::block_size)
-      .def("release", [](hpa::TestPool& p) { return p.pool().release(); })
-      .def("stats", [](hpa::TestPool& p) { return hpa::pool_stats(p.pool()); })
-      .def("set_max_cached", [](hpa::TestPool& p, size_t n) { p.pool().set_max_cached(n); })
-      .def("bind_thread_cache", [](hpa::TestPool& p, int node) { p.pool().bind_thread_cache(node); })
-      .def("fork_child", &hpa::TestPool::fork_child)
-      .def("set_free_pages", [](hpa::TestPool& p, int kind, int64_t n) { p.os().set_free_pages(hpa::to_kind(kind), n); })
-      .def("free_pages", [](hpa::TestPool& p, int kind) { return p.os().free_pages(hpa::to_kind(kind)); })
-      .def("fail_populate", [](hpa::TestPool& p, int n, int err) { p.os().fail_populate(n, err); })
-      .def_property_readonly("map_calls", [](hpa::TestPool& p) { return p.os().map_calls(); })
-      .def_property_readonly("unmap_calls", [](hpa::TestPool& p) { return p.os().unmap_calls(); })
-      .def_property_readonly("live_mappings", [](hpa::TestPool& p) { return p.os().live_mappings(); })
-      .def_property_readonly("mapped_bytes", [](hpa::TestPool& p) { return p.os().mapped_bytes(); })
-      .def_property_readonly("bad_unmaps", [](hpa::TestPool& p) { return p.os().bad_unmaps(); });
+      .def("alloc", &hpa::FakePool::alloc, py::arg("nbytes"), py::arg("node") = 0, py::arg("kinds") = hpa::kAllKinds)
+      .def("alloc_exact", &hpa::FakePool::alloc_exact, py::arg("nbytes"), py::arg("kind"), py::arg("node") = 0)
+      .def("free", &hpa::FakePool::free)
+      .def("block_size", &hpa::FakePool::block_size)
+      .def("release", [](hpa::FakePool& p) { return p.pool().release(); })
+      .def("stats", [](hpa::FakePool& p) { return hpa::pool_stats(p.pool()); })
+      .def("set_max_cached", [](hpa::FakePool& p, size_t n) { p.pool().set_max_cached(n); })
+      .def("bind_thread_cache", [](hpa::FakePool& p, int node) { p.pool().bind_thread_cache(node); })
+      .def("fork_child", &hpa::FakePool::fork_child)
+      .def("set_free_pages", [](hpa::FakePool& p, int kind, int64_t n) { p.os().set_free_pages(hpa::to_kind(kind), n); })
+      .def("free_pages", [](hpa::FakePool& p, int kind) { return p.os().free_pages(hpa::to_kind(kind)); })
+      .def("fail_populate", [](hpa::FakePool& p, int n, int err) { p.os().fail_populate(n, err); })
+      .def_property_readonly("map_calls", [](hpa::FakePool& p) { return p.os().map_calls(); })
+      .def_property_readonly("unmap_calls", [](hpa::FakePool& p) { return p.os().unmap_calls(); })
+      .def_property_readonly("live_mappings", [](hpa::FakePool& p) { return p.os().live_mappings(); })
+      .def_property_readonly("mapped_bytes", [](hpa::FakePool& p) { return p.os().mapped_bytes(); })
+      .def_property_readonly("bad_unmaps", [](hpa::FakePool& p) { return p.os().bad_unmaps(); });
 }

@@ -152,9 +152,10 @@ void Pool::unlock_all() {
 }
 
 void Pool::forget_after_fork() {
-  arena_.forget_after_fork();
+  // Heaps first: slabs the arena gives back must find their segments marked inherited.
   for (int node : topology_.nodes())
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).forget_after_fork();
+  arena_.forget_after_fork();
 }
 
 }  // namespace hpa

@@ -150,7 +150,10 @@ ThreadCache* SmallArena::create_cache() {
 }
 
 void SmallArena::set_cache_node(int node) {
-  if (ThreadCache* tc = cache()) tc->node = node;
+  ThreadCache* tc = cache();
+  if (tc == nullptr || tc->node == node) return;
+  for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);  // its objects belong to the old node
+  tc->node = node;
 }
 
 void SmallArena::drop_cache(ThreadCache* tc) {
@@ -187,16 +190,16 @@ void* SmallArena::allocate(size_t n, int node, size_t* size) {
 
 void SmallArena::free(void* p, Span* slab) {
   const int c = slab->size_class;
-  const int node = slab->segment->node;
+  const Segment* seg = slab->segment;
   ThreadCache* tc = cache();
-  if (tc != nullptr && tc->node == node) [[likely]] {
+  if (tc != nullptr && tc->node == seg->node && !seg->inherited) [[likely]] {
     ThreadCache::Bin& bin = tc->bins[c];
     *static_cast<void**>(p) = bin.head;
     bin.head = p;
     if (++bin.count > bin.max) [[unlikely]] drain(tc, c, bin.max / 2);
     return;
   }
-  Central& central = this->central(node, c);
+  Central& central = this->central(seg->node, c);
   std::lock_guard<SpinLock> lock(central.mu);
   give_locked(central, p, slab);
 }
@@ -212,7 +215,7 @@ void* SmallArena::refill(ThreadCache* tc, int c) {
     got = take_locked(central, tc->node, c, batch, want);
   }
   if (got == 0) return nullptr;
-  for (uint32_t i = 1; i < got; ++i) {
+  for (uint32_t i = got - 1; i >= 1; --i) {  // pops come in the order taken: warmest first
     *static_cast<void**>(batch[i]) = bin.head;
     bin.head = batch[i];
   }
@@ -338,7 +341,9 @@ void SmallArena::unlock_all() {
 }
 
 void SmallArena::forget_after_fork() {
-  // Note [Fork]: everything cached belongs to memory shared copy-on-write with the parent.
+  // Note [Fork]: everything cached belongs to memory shared copy-on-write with the parent, so
+  // nothing is written to it here: cached objects are only counted off their slabs, and a slab
+  // left with no live object goes back to its (inherited) segment.
   for (int node : topology_.nodes()) {
     for (int c = 1; c < kNumClasses; ++c) {
       Central& central = this->central(node, c);
@@ -346,26 +351,33 @@ void SmallArena::forget_after_fork() {
         Span* next = slab->next;
         slab->prev = slab->next = nullptr;
         slab->in_partial = false;
+        if (slab->live == 0) source_.put_slab(slab);
         slab = next;
       }
       central.partial = nullptr;
       central.empty = 0;
     }
   }
-  // The other threads' caches died with the fork; the forking thread's keeps no object.
+  // The other threads died with the fork; the forking thread's cache stays, empty.
   ThreadCache* mine = t_slots[slot_].generation == generation_ ? t_slots[slot_].cache : nullptr;
   while (caches_ != nullptr) {
     ThreadCache* tc = caches_;
     caches_ = tc->next;
+    for (ThreadCache::Bin& bin : tc->bins) {
+      for (void* p = bin.head; p != nullptr;) {
+        void* next = *static_cast<void**>(p);  // a read: no page is copied
+        Span* slab = map_.get(reinterpret_cast<uintptr_t>(p));
+        if (--slab->live == 0) source_.put_slab(slab);
+        p = next;
+      }
+      bin.head = nullptr;
+      bin.count = 0;
+    }
     if (tc != mine) delete tc;
   }
   if (mine != nullptr) {
     mine->prev = mine->next = nullptr;
     caches_ = mine;
-    for (ThreadCache::Bin& bin : mine->bins) {
-      bin.head = nullptr;
-      bin.count = 0;
-    }
   }
 }
 

@@ -297,9 +297,19 @@ void SpanHeap::forget_after_fork() {
   // parent; reusing it would copy pages on write, and with no huge page free for the copy the
   // kernel kills the writer with SIGBUS. So the child never reuses it: inherited segments leave
   // the free lists, and each is unmapped once all its blocks are freed here.
-  for (Segment* seg = segments_; seg != nullptr; seg = seg->next) seg->inherited = true;
+  std::vector<Segment> doomed;
+  for (Segment* seg = segments_; seg != nullptr;) {
+    Segment* next = seg->next;
+    seg->inherited = true;
+    Span* s = map_.get(seg->start);
+    if (s != nullptr && s->segment == seg && s->state.load(std::memory_order_relaxed) == SpanState::kFree &&
+        whole_segment(s))
+      drop_segment(seg, s, &doomed);  // idle at fork: nothing of it is needed here
+    seg = next;
+  }
   free_ = FreeSpans();
   backoff_.reset();
+  unmap_all(doomed);
 }
 
 PoolStats SpanHeap::stats() const {

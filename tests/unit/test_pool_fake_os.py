@@ -1,0 +1,217 @@
+"""The pool's policy, driven over a fake OS layer (no mmap, no sysfs): spans, slabs, fallbacks, release."""
+import errno
+
+import pytest
+import torch  # noqa: F401  (loads libtorch for the native module)
+
+from hugepage_allocator._C import size_class, small_max
+from hugepage_allocator._C.testing import FakePool
+
+G1, M2, THP, BASE = 0, 1, 2, 3
+ALL = 0b1111
+HUGE_FIRST = (1 << M2) | (1 << THP) | (1 << BASE)
+K, M, G = 1 << 10, 1 << 20, 1 << 30
+UNIT = 64 * K
+
+
+@pytest.fixture
+def pool():
+    p = FakePool(nodes=1, pages_2m=512, pages_1g=0)
+    yield p
+    del p
+
+
+def test_size_classes_are_64_byte_multiples_with_at_most_a_quarter_wasted():
+    for n in [1, 63, 64, 65, 1000, 1024, 1025, 1300, 4097, 100_000, small_max()]:
+        c = size_class(n)
+        assert c >= n and c % 64 == 0
+        assert c - n < max(64, n // 4 + 1)
+    assert size_class(1) == 64 and size_class(1025) == 1280 and size_class(small_max()) == small_max()
+
+
+def test_small_objects_are_64_byte_aligned_distinct_and_packed_in_one_slab(pool):
+    blocks = [pool.alloc(100) for _ in range(500)]
+    addrs = [a for a, _ in blocks]
+    assert all(size == 128 for _, size in blocks)
+    assert all(a % 64 == 0 for a in addrs)
+    assert len(set(addrs)) == 500
+    assert max(addrs) - min(addrs) < 500 * 128 + UNIT, "objects of one class sit side by side"
+    assert pool.map_calls == 1, "one 16 MiB segment serves them all"
+
+
+def test_a_large_request_is_split_from_a_segment_and_coalesced_back(pool):
+    a, sa = pool.alloc(3 * M)
+    b, sb = pool.alloc(5 * M + 1)
+    assert sa == 3 * M and sb == 5 * M + UNIT
+    assert b == a + sa, "the second span is cut right after the first"
+    assert pool.map_calls == 1
+    pool.free(a)
+    pool.free(b)
+    c, sc = pool.alloc(15 * M)       # only fits if a, b and the rest merged back into one span
+    assert c == a and sc == 15 * M
+    assert pool.map_calls == 1
+
+
+def test_best_fit_takes_the_smallest_free_span_that_fits(pool):
+    spans = [pool.alloc(n * M) for n in (4, 1, 2, 1, 3)]  # one segment: 4|1|2|1|3|rest
+    gap_2m, gap_3m = spans[2][0], spans[4][0]
+    pool.free(gap_2m)
+    pool.free(gap_3m)
+    assert pool.alloc(2 * M)[0] == gap_2m
+    assert pool.alloc(3 * M)[0] == gap_3m
+
+
+def test_frees_in_any_order_leave_one_free_span_per_segment(pool):
+    blocks = [pool.alloc(n * UNIT) for n in range(1, 40)]
+    for i in list(range(0, 39, 2)) + list(range(1, 39, 2)):
+        assert pool.free(blocks[i][0]) == blocks[i][1]
+    s = pool.stats()
+    assert s["allocated_bytes.all.current"] == 0
+    assert pool.release() == s["reserved_bytes.all.current"]
+    assert pool.live_mappings == 0 and pool.bad_unmaps == 0
+
+
+def test_a_foreign_or_interior_pointer_is_not_ours(pool):
+    a, size = pool.alloc(2 * M)
+    assert pool.block_size(a) == size
+    assert pool.block_size(a + UNIT) == 0 and pool.free(a + UNIT) == 0
+    assert pool.free(0x1000) == 0
+    small, _ = pool.alloc(64)
+    assert pool.block_size(small) == 64
+
+
+def test_a_pool_that_runs_dry_falls_back_to_thp_and_back_again(pool):
+    pool.set_free_pages(M2, 8)                       # 16 MiB of 2 MiB pages
+    a = pool.alloc(12 * M)                           # a 16 MiB segment: all of them
+    b = pool.alloc(12 * M)                           # refused: THP
+    s = pool.stats()
+    assert s["allocated_bytes.hugetlb_2M.current"] == 12 * M
+    assert s["allocated_bytes.thp.current"] == 12 * M
+    assert s["num_fallbacks.thp"] == 1 and s["num_map_failures.hugetlb_2M"] >= 1
+    pool.free(a[0])
+    pool.free(b[0])
+    assert pool.release() == 32 * M
+    assert pool.free_pages(M2) == 8
+    c = pool.alloc(12 * M)                           # pages are back: huge pages again
+    assert pool.stats()["allocated_bytes.hugetlb_2M.current"] == 12 * M
+    pool.free(c[0])
+
+
+def test_a_refused_kind_backs_off_instead_of_asking_the_kernel_every_time(pool):
+    pool.set_free_pages(M2, 0)
+    calls = pool.map_calls
+    blocks = [pool.alloc(4 * M, kinds=HUGE_FIRST) for _ in range(200)]
+    assert all(b is not None for b in blocks)
+    failures = pool.stats()["num_map_failures.hugetlb_2M"]
+    assert failures < 20, failures
+    assert pool.map_calls - calls < 200
+
+
+def test_idle_huge_pages_are_given_back_to_serve_a_request_that_does_not_fit(pool):
+    pool.set_free_pages(M2, 16)                      # 32 MiB
+    a = pool.alloc(20 * M)                           # a 20 MiB segment
+    pool.free(a[0])                                  # idle
+    b = pool.alloc(30 * M)                           # needs 15 pages: only after giving back 10
+    assert b is not None
+    assert pool.stats()["allocated_bytes.hugetlb_2M.current"] == 30 * M
+    assert pool.unmap_calls == 1
+
+
+def test_a_populate_failure_is_a_fallback_not_a_crash(pool):
+    pool.fail_populate(4, errno.EFAULT)              # what a hugetlb cgroup limit looks like
+    a = pool.alloc(4 * M)
+    assert a is not None
+    assert pool.stats()["allocated_bytes.thp.current"] == 4 * M
+    assert pool.live_mappings == 1, "the refused hugetlb mappings were unmapped"
+
+
+def test_no_fallback_and_no_pages_is_no_memory(pool):
+    pool.set_free_pages(M2, 0)
+    assert pool.alloc(4 * M, kinds=1 << M2) is None
+    assert pool.alloc(100, kinds=1 << M2) is None
+
+
+def test_max_cached_gives_back_idle_segments_on_free(pool):
+    pool.set_max_cached(40 * M)
+    blocks = [pool.alloc(30 * M) for _ in range(3)]  # three 30 MiB segments
+    for a, _ in blocks:
+        pool.free(a)
+    s = pool.stats()
+    assert s["reserved_bytes.all.current"] == 30 * M, "idle memory is kept up to the cap only"
+    assert s["num_unmaps"] == 2
+
+
+def test_release_gives_back_fully_free_slabs_and_segments(pool):
+    smalls = [pool.alloc(4000)[0] for _ in range(100)]
+    big = pool.alloc(40 * M)[0]
+    for a in smalls:
+        pool.free(a)
+    pool.free(big)
+    assert pool.release() == pool.stats()["reserved_bytes.all.freed"]
+    assert pool.live_mappings == 0 and pool.stats()["reserved_bytes.all.current"] == 0
+
+
+def test_a_gigantic_request_gets_a_1gib_head_and_a_2mib_tail():
+    p = FakePool(nodes=1, pages_2m=512, pages_1g=2)
+    a, size = p.alloc(G + 100 * M, kinds=ALL)
+    assert size == G + 100 * M
+    assert p.free_pages(G1) == 1 and p.free_pages(M2) == 512 - 50
+    p.free(a)
+    b = p.alloc(G + 50 * M, kinds=ALL)                # reuses the cached composite (under 1/8 spare)
+    assert b[0] == a and p.map_calls == 1
+    p.free(b[0])
+    assert p.release() == G + 100 * M and p.free_pages(G1) == 2
+
+
+def test_a_gigantic_request_without_2mib_pages_rounds_up_to_1gib_pages():
+    p = FakePool(nodes=1, pages_2m=0, pages_1g=2)
+    a, _ = p.alloc(G + 100 * M, kinds=ALL)
+    assert p.free_pages(G1) == 0
+    assert p.stats()["reserved_bytes.hugetlb_1G.current"] == 2 * G
+    p.free(a)
+
+
+def test_exact_1g_allocation_fails_cleanly_without_1g_pages(pool):
+    assert pool.alloc_exact(100, G1) is None
+    assert pool.alloc_exact(100, M2) is not None
+
+
+def test_four_nodes_keep_their_own_heaps_and_blocks_go_home():
+    p = FakePool(nodes=4, cpus_per_node=2, pages_2m=1024)
+    blocks = {node: p.alloc(3 * M, node=node) for node in range(4)}
+    s = p.stats()
+    assert all(s[f"allocated_bytes.node{n}.current"] == 3 * M for n in range(4))
+    p.free(blocks[2][0])
+    s = p.stats()
+    assert s["allocated_bytes.node2.current"] == 0 and s["reserved_bytes.node2.current"] == 16 * M
+    again = p.alloc(3 * M, node=2)
+    assert again[0] == blocks[2][0], "node 2's freed span is reused on node 2"
+
+
+def test_small_objects_freed_on_another_node_return_to_their_home_node():
+    p = FakePool(nodes=2, cpus_per_node=1, pages_2m=256)
+    p.bind_thread_cache(0)
+    objs = [p.alloc(256, node=0)[0] for _ in range(10)]
+    p.bind_thread_cache(1)                            # the thread now caches for node 1
+    for a in objs:
+        p.free(a)                                     # go back to node 0's central lists
+    s = p.stats()
+    assert s["allocated_bytes.all.current"] == 0
+    assert s["reserved_bytes.node1.current"] == 0, "nothing was cached on node 1"
+    p.bind_thread_cache(0)
+    again = [p.alloc(256, node=0)[0] for _ in range(10)]
+    assert again == objs[::-1], "node 0 hands the same objects out again, most recently freed first"
+
+
+def test_after_fork_the_child_never_reuses_inherited_memory(pool):
+    a, _ = pool.alloc(4 * M)
+    small, _ = pool.alloc(512)
+    pool.free(a)
+    pool.fork_child()
+    b, _ = pool.alloc(4 * M)
+    c, _ = pool.alloc(512)
+    assert b != a and c != small, "inherited free memory is shared copy-on-write with the parent"
+    pool.free(small)                                  # the last inherited block: segment unmapped
+    assert pool.stats()["num_unmaps"] == 1
+    pool.free(b)
+    pool.free(c)
