@@ -44,8 +44,19 @@ MapResult FakeOs::map_composite(size_t head, size_t tail) {
 int FakeOs::unmap(void* addr, size_t size) {
   std::lock_guard<std::mutex> lock(mu_);
   ++unmap_calls_;
-  auto it = mappings_.find(reinterpret_cast<uintptr_t>(addr));
-  if (it == mappings_.end() || it->second.size != size) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  auto it = mappings_.upper_bound(a);
+  if (it != mappings_.begin()) --it;
+  if (it != mappings_.end() && a > it->first && a + size == it->first + it->second.size &&
+      it->second.pages_1g == 0 && (a - it->first) % k2MiB == 0) {
+    // The tail of a mapping: it shrinks (its memory stays allocated until the rest goes).
+    const int64_t pages = it->second.pages_2m == 0 ? 0 : static_cast<int64_t>(size / k2MiB);
+    it->second.size -= size;
+    it->second.pages_2m -= pages;
+    free_2m_ += pages;
+    return 0;
+  }
+  if (it == mappings_.end() || it->first != a || it->second.size != size) {
     ++bad_unmaps_;
     return EINVAL;
   }

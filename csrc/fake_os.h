@@ -37,7 +37,7 @@ class FakeOs final : public Os {
   int64_t unmap_calls() const { return unmap_calls_; }
   int64_t live_mappings() const { return static_cast<int64_t>(mappings_.size()); }
   size_t mapped_bytes() const;
-  // Errors seen: an unmap of a range that was not mapped, or of part of one.
+  // Errors seen: an unmap of a range that was not mapped, or of part of one other than its tail.
   int64_t bad_unmaps() const { return bad_unmaps_; }
 
  private:

@@ -53,7 +53,8 @@ class Os {
   // Nothing is faulted in. On failure nothing stays mapped.
   virtual MapResult map_composite(size_t head, size_t tail) = 0;
 
-  // Unmaps a range returned by map() or map_composite(), whole. Returns an errno value, 0 on success.
+  // Unmaps a range returned by map() or map_composite(), whole, or the tail of one from a 2 MiB
+  // boundary. Returns an errno value, 0 on success.
   virtual int unmap(void* addr, size_t size) = 0;
 
   // Faults every page of the range in for writing (MADV_POPULATE_WRITE, Linux 5.14+). On a hugetlb

@@ -93,10 +93,15 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
     return s;
   }
   backoff_.reset();
+  // The segment grown before this one will not be the one filled next: its free tail goes back.
+  std::vector<Segment> trimmed;
+  if (kind_ != PageKind::kHugetlb1G && segments_ != nullptr) trim_tail(segments_, &trimmed);
   add_segment(fresh);
   *from_cache = false;
   Span* s = take_fit(units, requested, SIZE_MAX);  // fits: the new segment is large enough
   if (s != nullptr && fallback) ++stats_.num_fallbacks;
+  lock.unlock();
+  unmap_all(trimmed);
   return s;
 }
 
@@ -265,6 +270,8 @@ size_t SpanHeap::release_free_segments() {
       }
       seg = next;
     }
+    if (kind_ != PageKind::kHugetlb1G)
+      for (Segment* seg = segments_; seg != nullptr; seg = seg->next) trim_tail(seg, &doomed);
     if (!doomed.empty()) backoff_.reset();
   }
   size_t bytes = 0;
@@ -286,6 +293,39 @@ void SpanHeap::drop_segment(Segment* seg, Span* s, std::vector<Segment>* doomed)
   s->start.store(0, std::memory_order_relaxed);
   spans_.put(s);
   segment_records_.put(seg);
+}
+
+void SpanHeap::trim_tail(Segment* seg, std::vector<Segment>* doomed) {
+  Span* s = map_.get(seg->start + seg->size - 1);
+  if (s == nullptr || s->segment != seg || s->state.load(std::memory_order_relaxed) != SpanState::kFree ||
+      s->end() != seg->start + seg->size || seg->inherited)
+    return;
+  const uintptr_t cut = (s->begin() + k2MiB - 1) & ~(uintptr_t{k2MiB} - 1);  // whole huge pages only
+  const uintptr_t end = seg->start + seg->size;
+  if (cut >= end) return;
+  if (cut == seg->start) {  // the segment is all free: it goes whole
+    free_.remove(s);
+    drop_segment(seg, s, doomed);
+    return;
+  }
+  free_.remove(s);
+  map_.set_range(cut, end - cut, nullptr);
+  if (cut > s->begin()) {
+    s->units = (cut - s->begin()) / kUnit;
+    (void)map_.set(s->end() - 1, s);
+    free_.push(s);
+  } else {
+    s->start.store(0, std::memory_order_relaxed);
+    spans_.put(s);
+  }
+  seg->size = cut - seg->start;
+  stats_.reserved_bytes.sub(static_cast<int64_t>(end - cut));
+  ++stats_.num_unmaps;
+  global_.reserved_bytes.sub(static_cast<int64_t>(end - cut));
+  Segment tail;
+  tail.start = cut;
+  tail.size = end - cut;
+  doomed->push_back(tail);
 }
 
 void SpanHeap::unmap_all(std::vector<Segment>& doomed) {

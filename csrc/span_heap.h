@@ -3,7 +3,9 @@
 //
 // Segments of the 2 MiB, THP and base kinds grow by at least kGrowBytes (or the request, rounded
 // to 2 MiB), so spans of different sizes share huge pages and the waste per span stays under one
-// unit. Segments of the 1 GiB kind are composite, one per large request: 1 GiB pages for the head
+// unit. When a new segment is grown, the free tail of the previous one (whole huge pages that
+// the requests since did not fill) goes back to the kernel, so what stays mapped and unused is
+// under 2 MiB per segment plus the unfilled part of the newest one. Segments of the 1 GiB kind are composite, one per large request: 1 GiB pages for the head
 // and 2 MiB pages for the tail (see Os::map_composite), so a tensor of 1 GiB and more wastes less
 // than 2 MiB; such a request passes over a cached span that would leave more than an eighth unused.
 //
@@ -123,7 +125,7 @@ class IdleGauge {
 
 class SpanHeap {
  public:
-  static constexpr size_t kGrowBytes = 16 * kMiB;
+  static constexpr size_t kGrowBytes = 32 * kMiB;
 
   SpanHeap(PageKind kind, int node, PageSource& source, PageMap<Span>& map, GlobalStats& global,
            const std::atomic<size_t>& max_cached, const IdleGauge& idle);
@@ -163,6 +165,9 @@ class SpanHeap {
   bool whole_segment(const Span* s) const;
   bool over_cap() const;  // idle memory beyond max_cached
   void drop_segment(Segment* seg, Span* s, std::vector<Segment>* doomed);  // REQUIRES: s free, whole
+  // Gives back the whole huge pages of a free span that ends the segment (the part of a segment
+  // grown for requests that went elsewhere). REQUIRES: lock held; the range joins `doomed`.
+  void trim_tail(Segment* seg, std::vector<Segment>* doomed);
   void unmap_all(std::vector<Segment>& doomed);
 
   const PageKind kind_;

@@ -87,9 +87,10 @@ class Result:
         return self.values[key]
 
 
-def run_python(code: str, env: dict | None = None, check: bool = True, timeout: float = 300) -> Result:
-    """Runs `code` (with PRELUDE: torch, kernel, hpa, report()) in a fresh interpreter."""
-    script = PRELUDE.format(tests_dir=TESTS_DIR) + textwrap.dedent(code)
+def run_python(code: str, env: dict | None = None, check: bool = True, timeout: float = 300,
+               setup: str = "") -> Result:
+    """Runs `code` (after PRELUDE: torch, kernel, hpa, report(); then `setup`) in a fresh interpreter."""
+    script = PRELUDE.format(tests_dir=TESTS_DIR) + textwrap.dedent(setup) + textwrap.dedent(code)
     full_env = dict(os.environ)
     full_env.update(env or {})
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

