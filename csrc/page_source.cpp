@@ -44,8 +44,7 @@ MapResult PageSource::finish(PageKind kind, MapResult r, size_t size, int node) 
   const int k = static_cast<int>(kind);
   // Binding matters only where there is a choice; a one-node system skips the system call.
   if (topology_.num_nodes() > 1) {
-    const int err = os_.bind_to_node(r.addr, size, node, /*strict=*/false);
-    if (err != 0) last_error_[k].store(err, std::memory_order_relaxed);  // placement is best effort
+    (void)os_.bind_to_node(r.addr, size, node, /*strict=*/false);  // placement is best effort
   }
   if (is_hugetlb(kind)) {
     const int err = os_.populate(r.addr, size);  // Note [No SIGBUS]
@@ -56,6 +55,7 @@ MapResult PageSource::finish(PageKind kind, MapResult r, size_t size, int node) 
       return {nullptr, err};
     }
   }
+  last_error_[k].store(0, std::memory_order_relaxed);  // the error of a refusal, not of placement
   return r;
 }
 

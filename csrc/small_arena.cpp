@@ -64,9 +64,10 @@ struct ThreadCache {
 
 namespace {
 
-// Objects a thread keeps per class: about 256 KiB worth, between 2 and 256.
+// Objects a thread keeps per class: about 64 KiB worth, between 1 and 256, so that a thread holds
+// a few MiB at most however many classes it uses (its cache is memory no other thread can reuse).
 uint32_t cache_limit(int c) {
-  return static_cast<uint32_t>(std::clamp<size_t>(256 * kKiB / SizeClasses::size(c), 2, 256));
+  return static_cast<uint32_t>(std::clamp<size_t>(64 * kKiB / SizeClasses::size(c), 1, 256));
 }
 
 struct TlsSlot {

@@ -55,3 +55,36 @@ def test_fork_while_another_thread_allocates_gives_children_a_working_allocator(
         report(statuses=statuses)
     """, timeout=120)
     assert r["statuses"] == [0] * 20
+
+
+def test_a_forked_child_never_writes_to_memory_it_shares_with_its_parent(pools, python):
+    """Reusing the parent's cached hugetlb memory would copy pages on write; with no free huge page
+    for the copy the kernel kills the child with SIGBUS. The child must map its own or fall back."""
+    pools.ensure_free("2M", 64)
+    r = python("""
+        torch.set_num_threads(1)   # libgomp's thread pool does not survive fork(): a torch limit
+        hpa.install()
+        cached = torch.empty(64 << 20, dtype=torch.uint8)
+        cached.fill_(1)
+        small = [torch.empty(1000, dtype=torch.uint8) for _ in range(100)]
+        addr = cached.data_ptr()
+        del cached, small                             # all cached in the parent's pool
+        with open("/proc/sys/vm/nr_hugepages") as f:
+            nr = int(f.read())
+        free = kernel.pool("2M", "free_hugepages")
+        kernel.set_pool("2M", nr - free)              # not one huge page left for a copy
+        pid = os.fork()
+        if pid == 0:
+            t = torch.empty(64 << 20, dtype=torch.uint8)
+            t.fill_(7)
+            s = [torch.full((1000,), 3, dtype=torch.uint8) for _ in range(100)]
+            ok = int(t[-1]) == 7 and all(int(x[0]) == 3 for x in s) and t.data_ptr() != addr
+            os._exit(0 if ok else 1)
+        status = os.waitpid(pid, 0)[1]
+        kernel.set_pool("2M", nr)
+        again = torch.empty(64 << 20, dtype=torch.uint8)   # the parent still reuses its cache
+        report(status=status, signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
+               reused=again.data_ptr() == addr)
+    """, timeout=120)
+    assert r["signal"] == 0, f"the child died of signal {r['signal']}"
+    assert r["status"] == 0 and r["reused"]
