@@ -65,19 +65,15 @@ def is_installed() -> bool:
 
 
 def memory_stats() -> "OrderedDict[str, int]":
-    """Counters in the style of ``torch.cuda.memory_stats()``.
+    """Counters in the style of ``torch.cuda.memory_stats()``; the README's Statistics section lists them.
 
-    Byte stats ``allocated_bytes`` (blocks handed out), ``requested_bytes`` (what callers asked
-    for) and ``reserved_bytes`` (mapped from the kernel, in use or cached), each as
-    ``<stat>.<pool>.<current|peak|allocated|freed>`` where pool is ``all``, a page kind
-    (``hugetlb_1G``, ``hugetlb_2M``, ``thp``, ``base``) or a node (``node0``, ...). Events
-    ``num_allocs``, ``num_frees``, ``num_cache_hits``, ``num_maps``, ``num_unmaps``,
-    ``num_map_failures``, ``num_fallbacks`` in total and per kind and node (``num_fallbacks.thp``:
-    requests served by THP although huge pages were tried first), plus ``num_ooms`` and
-    ``num_passthrough`` (requests below ``min_size``, served by the previous allocator).
-    ``all`` counts what tensors hold (small objects by size class, large blocks by span);
-    kinds and nodes count the pool's spans (a slab of small objects counts whole), and their
-    peaks are sums of per-heap peaks.
+    Byte stats are ``<stat>.<pool>.<current|peak|allocated|freed>`` with pool ``all``, a page kind
+    (``hugetlb_1G``, ``hugetlb_2M``, ``thp``, ``base``) or a node (``node0``, ...):
+    ``allocated_bytes`` (``all``: what tensors hold; kinds and nodes: spans in use),
+    ``reserved_bytes`` (mapped from the kernel), ``slack_bytes`` (large spans beyond the request),
+    and ``requested_bytes.all`` (no peak). Events ``num_allocs``, ``num_frees``, ``num_cache_hits``,
+    ``num_maps``, ``num_unmaps``, ``num_map_failures``, ``num_fallbacks``, in total and per kind
+    and node, plus ``num_ooms`` and ``num_passthrough``.
     """
     return OrderedDict(sorted(_native().stats().items()))
 
