@@ -1,10 +1,11 @@
 """Settings of the allocator: one table that drives parsing, validation, errors and the docs.
 
-Settings come from keyword arguments of ``install()`` and from its ``config`` argument, which is
-either a dict, an inline string in PyTorch's allocator-config grammar (``key:value,key:[a,b]``,
-as in ``PYTORCH_ALLOC_CONF``) or the path of a TOML file. Keyword arguments win over ``config``,
-which wins over the defaults. Every bad value raises ``ConfigError`` naming the setting and what
-is allowed.
+Settings come from keyword arguments of ``install()``, from the environment variable
+HUGEPAGE_ALLOCATOR_CONF and from ``install()``'s ``config`` argument; the last two are each a
+dict (``config`` only), an inline string in PyTorch's allocator-config grammar
+(``key:value,key:[a,b]``, as in ``PYTORCH_ALLOC_CONF``) or the path of a TOML file. Keyword
+arguments win over the environment, which wins over ``config``, which wins over the defaults.
+Every bad value raises ``ConfigError`` naming the setting and what is allowed.
 """
 from __future__ import annotations
 
@@ -189,9 +190,22 @@ def _load(config: Any) -> dict[str, Any]:
     return parse_inline(text)
 
 
-def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Validated settings: defaults, then ``config``, then ``overrides``."""
+ENV_CONF = "HUGEPAGE_ALLOCATOR_CONF"
+
+
+def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None,
+            environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Validated settings: defaults < ``config`` < HUGEPAGE_ALLOCATOR_CONF < ``overrides``.
+
+    ``environ`` is the environment to read (os.environ when None).
+    """
     raw = _load(config)
+    env_text = (os.environ if environ is None else environ).get(ENV_CONF, "").strip()
+    if env_text:
+        try:
+            raw.update(_load(env_text))
+        except ConfigError as e:
+            raise ConfigError(f"{ENV_CONF}={env_text!r}: {e}") from None
     raw.update(overrides or {})
     values = {s.name: s.default for s in SETTINGS}
     for name, value in raw.items():
