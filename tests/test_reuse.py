@@ -18,11 +18,12 @@ def test_fifty_cycles_of_64_mib_take_almost_no_page_faults(pools, python):
         s = hpa.memory_stats()
         report(default=default_faults, ours=ours, hits=s["num_cache_hits.hugetlb_2M"], maps=s["num_maps.hugetlb_2M"])
     """)
-    # One fresh 64 MiB mapping is populated once: 32 faults of 2 MiB. Everything after is reuse.
-    assert r["ours"] <= 64, r.values
-    assert r["maps"] == 1 and r["hits"] == 49
+    # The 64 MiB mapping is populated once (32 faults of 2 MiB), and a 32 MiB segment for small
+    # temporaries (16); everything after is reuse.
+    assert r["ours"] <= 128, r.values
+    assert r["maps"] <= 2 and r["hits"] >= 49
     # The default allocator maps and unmaps 64 MiB each time: 16384 faults of 4 KiB per cycle.
-    assert r["default"] > 100 * r["ours"], r.values
+    assert r["default"] > 1000 * r["ours"], r.values
 
 
 def test_a_freed_span_serves_a_smaller_request_and_another_packs_beside_it(pools, python):
