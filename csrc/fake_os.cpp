@@ -21,7 +21,8 @@ MapResult FakeOs::take(size_t size, size_t align, int64_t pages_2m, int64_t page
   if (memory == nullptr) return {nullptr, ENOMEM};
   free_2m_ -= pages_2m;
   free_1g_ -= pages_1g;
-  mappings_[reinterpret_cast<uintptr_t>(memory)] = {size, pages_2m, pages_1g, memory};
+  mappings_[reinterpret_cast<uintptr_t>(memory)] =
+      Mapping{size, pages_2m, pages_1g, memory, std::vector<bool>(size / k2MiB, false), size};
   return {memory, 0};
 }
 
@@ -42,28 +43,43 @@ MapResult FakeOs::map_composite(size_t head, size_t tail) {
 }
 
 int FakeOs::unmap(void* addr, size_t size) {
+  // Like munmap: any 2 MiB-aligned part of a mapping, in any order; a mapping whose parts are
+  // all gone is freed.
   std::lock_guard<std::mutex> lock(mu_);
   ++unmap_calls_;
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   auto it = mappings_.upper_bound(a);
-  if (it != mappings_.begin()) --it;
-  if (it != mappings_.end() && a > it->first && a + size == it->first + it->second.size &&
-      it->second.pages_1g == 0 && (a - it->first) % k2MiB == 0) {
-    // The tail of a mapping: it shrinks (its memory stays allocated until the rest goes).
-    const int64_t pages = it->second.pages_2m == 0 ? 0 : static_cast<int64_t>(size / k2MiB);
-    it->second.size -= size;
-    it->second.pages_2m -= pages;
-    free_2m_ += pages;
-    return 0;
-  }
-  if (it == mappings_.end() || it->first != a || it->second.size != size) {
+  if (it == mappings_.begin()) {
     ++bad_unmaps_;
     return EINVAL;
   }
-  free_2m_ += it->second.pages_2m;
-  free_1g_ += it->second.pages_1g;
-  std::free(it->second.memory);
-  mappings_.erase(it);
+  --it;
+  Mapping& m = it->second;
+  const uintptr_t off = a - it->first;
+  if (size == 0 || off % k2MiB != 0 || size % k2MiB != 0 || off + size > m.size) {
+    ++bad_unmaps_;
+    return EINVAL;
+  }
+  for (size_t c = off / k2MiB; c < (off + size) / k2MiB; ++c) {
+    if (m.gone[c]) {
+      ++bad_unmaps_;
+      return EINVAL;
+    }
+  }
+  for (size_t c = off / k2MiB; c < (off + size) / k2MiB; ++c) m.gone[c] = true;
+  m.live -= size;
+  if (m.pages_1g > 0) {  // composite: its pages come back with the last part
+    if (m.live == 0) {
+      free_1g_ += m.pages_1g;
+      free_2m_ += m.pages_2m;
+    }
+  } else if (m.pages_2m > 0) {
+    free_2m_ += static_cast<int64_t>(size / k2MiB);
+  }
+  if (m.live == 0) {
+    std::free(m.memory);
+    mappings_.erase(it);
+  }
   return 0;
 }
 
@@ -111,7 +127,7 @@ int64_t FakeOs::free_pages(PageKind kind) const {
 size_t FakeOs::mapped_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   size_t total = 0;
-  for (const auto& [addr, m] : mappings_) total += m.size;
+  for (const auto& [addr, m] : mappings_) total += m.live;
   return total;
 }
 

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "os.h"
 
@@ -37,7 +38,7 @@ class FakeOs final : public Os {
   int64_t unmap_calls() const { return unmap_calls_; }
   int64_t live_mappings() const { return static_cast<int64_t>(mappings_.size()); }
   size_t mapped_bytes() const;
-  // Errors seen: an unmap of a range that was not mapped, or of part of one other than its tail.
+  // Errors seen: an unmap of a range that is not (or no longer) mapped, or not 2 MiB aligned.
   int64_t bad_unmaps() const { return bad_unmaps_; }
 
  private:
@@ -46,6 +47,8 @@ class FakeOs final : public Os {
     int64_t pages_2m;
     int64_t pages_1g;
     void* memory;
+    std::vector<bool> gone;  // per 2 MiB chunk: unmapped already
+    size_t live;             // bytes still mapped
   };
   MapResult take(size_t size, size_t align, int64_t pages_2m, int64_t pages_1g);
 

@@ -39,12 +39,13 @@ Block Pool::allocate_exact(size_t nbytes, PageKind kind, int node) {
 }
 
 Span* Pool::large(size_t nbytes, int node, const Plan& plan, bool force) {
-  if (nbytes > SIZE_MAX - kUnit) return nullptr;
+  if (nbytes > (size_t{1} << 48)) return nullptr;  // beyond any address space: no heap can serve it
   const size_t units = (nbytes + kUnit - 1) / kUnit;
   for (int i = 0; i < plan.count; ++i) {
     const PageKind kind = plan.kinds[i];
-    // A composite 1 GiB segment serves one tensor; do not let a small one sit in a large one.
-    const size_t max_leftover = kind == PageKind::kHugetlb1G ? units / 8 : SIZE_MAX;
+    // A composite segment is grown for one tensor of 1 GiB or more: another such tensor takes a
+    // cached one only if it leaves under an eighth unused. Smaller requests on 1 GiB pages pack.
+    const size_t max_leftover = kind == PageKind::kHugetlb1G && nbytes >= kGiB ? units / 8 : SIZE_MAX;
     bool from_cache = false;
     Span* s = heap(node, kind).allocate(units, nbytes, max_leftover, force, /*fallback=*/i > 0, &from_cache);
     if (s == nullptr) continue;
@@ -96,13 +97,16 @@ size_t Pool::block_size(const void* p) const {
 
 Span* Pool::get_slab(int node, size_t units) {
   const KindMask mask = small_kinds_.load(std::memory_order_relaxed);
-  int tried = 0;
-  for (PageKind kind : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase}) {
-    if (!(mask & kind_bit(kind))) continue;
-    bool from_cache = false;
-    Span* s = heap(node, kind).allocate(units, units * kUnit, SIZE_MAX, /*force=*/false,
-                                        /*fallback=*/tried++ > 0, &from_cache);
-    if (s != nullptr) return s;
+  // As for large requests: a second pass ignores back-off, so pages that came back are found.
+  for (int pass = 0; pass < 2; ++pass) {
+    int tried = 0;
+    for (PageKind kind : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase}) {
+      if (!(mask & kind_bit(kind))) continue;
+      bool from_cache = false;
+      Span* s = heap(node, kind).allocate(units, units * kUnit, SIZE_MAX, /*force=*/pass == 1,
+                                          /*fallback=*/tried++ > 0, &from_cache);
+      if (s != nullptr) return s;
+    }
   }
   return nullptr;
 }

@@ -281,11 +281,15 @@ uint32_t SmallArena::take_locked(Central& central, int node, int c, void** out, 
 }
 
 void SmallArena::give_locked(Central& central, void* p, Span* slab) {
+  if (slab->segment->inherited) {
+    // Note [Fork]: writing the free-list link would copy a page shared with the parent.
+    if (--slab->live == 0) source_.put_slab(slab);
+    return;
+  }
   *static_cast<void**>(p) = slab->free_objects;
   slab->free_objects = p;
   --slab->live;
-  const bool inherited = slab->segment->inherited;
-  if (!slab->in_partial && !inherited) {
+  if (!slab->in_partial) {
     slab->prev = nullptr;
     slab->next = central.partial;
     if (central.partial != nullptr) central.partial->prev = slab;
@@ -293,7 +297,7 @@ void SmallArena::give_locked(Central& central, void* p, Span* slab) {
     slab->in_partial = true;
   }
   if (slab->live != 0) return;
-  if (!inherited && central.empty == 0) {  // keep one empty slab per class against churn
+  if (central.empty == 0) {  // keep one empty slab per class against churn
     ++central.empty;
     return;
   }

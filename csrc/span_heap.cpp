@@ -77,6 +77,7 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
     return s;
   }
   if (!force && backoff_.skip(bytes)) return nullptr;
+  Segment* const newest = segments_;  // the segment that could not serve this request
   lock.unlock();
   Span* fresh = grow(units);
   lock.lock();
@@ -94,11 +95,13 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
   }
   backoff_.reset();
   // The segment grown before this one will not be the one filled next: its free tail goes back.
+  // Only if it still is the newest: another thread may have grown one meanwhile, to be filled now.
   std::vector<Segment> trimmed;
-  if (kind_ != PageKind::kHugetlb1G && segments_ != nullptr) trim_tail(segments_, &trimmed);
+  if (kind_ != PageKind::kHugetlb1G && newest != nullptr && segments_ == newest) trim_tail(newest, &trimmed);
   add_segment(fresh);
   *from_cache = false;
-  Span* s = take_fit(units, requested, SIZE_MAX);  // fits: the new segment is large enough
+  free_.remove(fresh);
+  Span* s = carve(fresh, units, requested);  // from the new segment: it was grown for this request
   if (s != nullptr && fallback) ++stats_.num_fallbacks;
   lock.unlock();
   unmap_all(trimmed);
@@ -119,6 +122,7 @@ Span* SpanHeap::grow(size_t units) {
     tries[count++] = {head, tail};                    // 1 GiB pages, then 2 MiB pages for the rest
     if (tail > 0) tries[count++] = {head + kGiB, 0};  // without 2 MiB pages: one more 1 GiB page
   } else {
+    if (need > SIZE_MAX - k2MiB) return nullptr;
     const size_t minimal = (need + k2MiB - 1) / k2MiB * k2MiB;
     if (minimal < kGrowBytes) tries[count++] = {kGrowBytes, 0};
     tries[count++] = {minimal, 0};
@@ -178,12 +182,12 @@ Span* SpanHeap::take_fit(size_t units, size_t requested, size_t max_leftover) {
     free_.push(s);
     return nullptr;
   }
-  if (s->units > units) {
-    Span* rest = spans_.get();
-    if (rest == nullptr) {
-      free_.push(s);
-      return nullptr;
-    }
+  return carve(s, units, requested);
+}
+
+Span* SpanHeap::carve(Span* s, size_t units, size_t requested) {
+  Span* rest = s->units > units ? spans_.get() : nullptr;  // none: out of records, s goes whole
+  if (rest != nullptr) {
     rest->start.store(s->begin() + units * kUnit, std::memory_order_relaxed);
     rest->units = s->units - units;
     rest->segment = s->segment;

@@ -161,6 +161,8 @@ class SpanHeap {
   // Maps a segment; returns the free span covering it, not yet in the heap. No lock held.
   Span* grow(size_t units);
   Span* take_fit(size_t units, size_t requested, size_t max_leftover);
+  // Hands out the first `units` of free span `s` (off every list), the rest back to the free lists.
+  Span* carve(Span* s, size_t units, size_t requested);
   void add_segment(Span* whole);  // puts a segment from grow() into the heap
   bool whole_segment(const Span* s) const;
   bool over_cap() const;  // idle memory beyond max_cached

@@ -228,3 +228,33 @@ def test_after_fork_the_child_never_reuses_inherited_memory(pool):
     assert pool.stats()["num_unmaps"] == 1
     pool.free(b)
     pool.free(c)
+
+
+def test_after_fork_freeing_inherited_small_objects_writes_nothing_to_them(pool):
+    """Writing a free-list link into shared memory would copy its huge page: a SIGBUS risk."""
+    import ctypes
+
+    objs = [pool.alloc(512)[0] for _ in range(10)]
+    keep = pool.alloc(512)[0]                          # keeps the inherited segment mapped
+    for i, a in enumerate(objs):
+        ctypes.memset(a, 0x40 + i, 512)
+    pool.fork_child()
+    for a in objs:
+        pool.free(a)
+    assert all(ctypes.string_at(a, 512) == bytes([0x40 + i]) * 512 for i, a in enumerate(objs))
+    pool.free(keep)                                    # the last one: the segment goes
+    assert pool.live_mappings == 0
+
+
+def test_small_requests_on_1gib_pages_share_one_page():
+    p = FakePool(nodes=1, pages_2m=0, pages_1g=4)
+    blocks = [p.alloc_exact(4 * M, G1) for _ in range(5)]
+    assert all(b is not None for b in blocks)
+    assert p.free_pages(G1) == 3 and p.map_calls == 1
+
+
+def test_small_requests_find_pages_that_came_back_despite_back_off(pool):
+    pool.set_free_pages(M2, 0)
+    assert pool.alloc(100, kinds=1 << M2) is None       # refused: the heap backs off
+    pool.set_free_pages(M2, 64)
+    assert pool.alloc(100, kinds=1 << M2) is not None
