@@ -38,8 +38,9 @@ def _kind_mask(values: dict[str, Any]) -> int:
 def install(config: Any = None, **settings: Any) -> None:
     """Makes the huge-page allocator PyTorch's CPU allocator for this process.
 
-    ``config`` is a dict, an inline ``key:value,key:[a,b]`` string or a TOML file path;
-    keyword arguments override it. Calling it again (installed or not) applies the new settings.
+    ``config`` is a dict, an inline ``key:value,key:[a,b]`` string, a preset name from configs/
+    (``default``, ``training``, ``inference``, ``small``) or a TOML file path. Precedence: keyword
+    arguments > HUGEPAGE_ALLOCATOR_CONF > ``config`` > defaults. Calling it again (installed or not) applies the new settings.
     Call it before other threads allocate tensors (PyTorch's allocator switch is not thread-safe).
     Raises ConfigError for a bad setting.
     """
@@ -47,6 +48,12 @@ def install(config: Any = None, **settings: Any) -> None:
     max_cached = values["max_cached"]
     _native().install(values["min_size"], values["huge_1g_min_size"], _kind_mask(values),
                       _UNLIMITED if max_cached is None else max_cached)
+    if values["prefault"]:
+        # Taken, touched (hugetlb memory is faulted in when mapped, THP and base pages only now)
+        # and freed: it stays in the pool for the first requests.
+        warm = torch.empty(values["prefault"], dtype=torch.uint8)
+        warm.fill_(0)
+        del warm
 
 
 def uninstall() -> None:

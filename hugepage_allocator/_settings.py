@@ -113,6 +113,12 @@ SETTINGS: tuple[Setting, ...] = (
         _size_at_least(2 << 20),
     ),
     Setting(
+        "prefault", 0, "a size from 0 to 2**62 bytes",
+        "Bytes of huge pages taken and faulted in at install() and kept cached, so that the first "
+        "requests pay no page faults (with max_cached at least as large).",
+        parse_size,
+    ),
+    Setting(
         "max_cached", None, "a size, or unlimited",
         "Idle (free but mapped) memory kept for reuse. When a free leaves a whole segment idle "
         "and the pool holds more idle memory than this, the segment goes back to the kernel at "
@@ -170,15 +176,28 @@ def parse_inline(text: str) -> dict[str, Any]:
     return out
 
 
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_PRESET_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def presets() -> list[str]:
+    """Names of the presets shipped in configs/ (install(config=NAME))."""
+    return sorted(f[:-5] for f in os.listdir(PRESETS_DIR) if f.endswith(".toml"))
+
+
 def _load(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
     if isinstance(config, Mapping):
         return dict(config)
     if not isinstance(config, (str, os.PathLike)):
-        raise ConfigError(f"config must be a dict, an inline 'key:value,...' string or a TOML file path, "
-                          f"not {type(config).__name__}")
+        raise ConfigError(f"config must be a dict, an inline 'key:value,...' string, a preset name or a "
+                          f"TOML file path, not {type(config).__name__}")
     text = os.fspath(config)
+    if _PRESET_RE.match(text) and not os.path.exists(text):
+        if text not in presets():
+            raise ConfigError(f"config {text!r} is neither a preset ({', '.join(presets())}) nor a file")
+        text = os.path.join(PRESETS_DIR, text + ".toml")
     if ":" not in text or text.endswith(".toml") or os.path.sep in text:
         try:
             with open(text, "rb") as f:
@@ -216,6 +235,9 @@ def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None,
             values[name] = setting.parse(value)
         except ValueError as e:
             raise ConfigError(f"bad value for setting {name!r}: {e}; allowed: {setting.allowed}") from None
+    if values["max_cached"] is not None and values["prefault"] > values["max_cached"]:
+        raise ConfigError(f"prefault ({values['prefault']} bytes) is more than max_cached "
+                          f"({values['max_cached']} bytes) keeps: it would be given back at once")
     if not values["page_sizes"] and not values["fallback"]:
         raise ConfigError("page_sizes and fallback are both empty: no page kind is left to serve requests")
     if values["page_sizes"] == ("1G",) and not values["fallback"]:

@@ -63,6 +63,7 @@ def test_settings_come_from_hugepage_allocator_conf_inline_and_from_a_toml_file(
     conf.write_text('min_size = "16MB"\n')
     assert result(run({"HUGEPAGE_ALLOCATOR": "1", "HUGEPAGE_ALLOCATOR_CONF": str(conf)}, code)) == {"ours": False}
     assert result(run({"HUGEPAGE_ALLOCATOR": "1", "HUGEPAGE_ALLOCATOR_CONF": "min_size:1MB"}, code)) == {"ours": True}
+    assert result(run({"HUGEPAGE_ALLOCATOR": "1", "HUGEPAGE_ALLOCATOR_CONF": "small"}, code)) == {"ours": True}
 
 
 def test_the_environment_overrides_a_config_argument_and_keyword_arguments_override_both(pools, tmp_path):
