@@ -127,17 +127,17 @@ SmallArena::~SmallArena() {
   t_slots[slot_] = {0, nullptr};
 }
 
-ThreadCache* SmallArena::cache() {
+ThreadCache* SmallArena::cache(int node) {
   TlsSlot& slot = t_slots[slot_];
   if (slot.generation == generation_) [[likely]] return slot.cache;
-  return create_cache();
+  return create_cache(node);
 }
 
-ThreadCache* SmallArena::create_cache() {
+ThreadCache* SmallArena::create_cache(int node) {
   auto* tc = new (std::nothrow) ThreadCache();
   if (tc == nullptr) return nullptr;
   tc->owner = this;
-  tc->node = topology_.nodes().front();
+  tc->node = node;
   for (int c = 1; c < kNumClasses; ++c) tc->bins[c].max = cache_limit(c);
   {
     std::lock_guard<std::mutex> lock(caches_mu_);
@@ -151,7 +151,7 @@ ThreadCache* SmallArena::create_cache() {
 }
 
 void SmallArena::set_cache_node(int node) {
-  ThreadCache* tc = cache();
+  ThreadCache* tc = cache(node);
   if (tc == nullptr || tc->node == node) return;
   for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);  // its objects belong to the old node
   tc->node = node;
@@ -173,7 +173,7 @@ void SmallArena::drop_cache(ThreadCache* tc) {
 void* SmallArena::allocate(size_t n, int node, size_t* size) {
   const int c = SizeClasses::of(n);
   *size = SizeClasses::size(c);
-  ThreadCache* tc = cache();
+  ThreadCache* tc = cache(node);
   if (tc != nullptr) [[likely]] {
     ThreadCache::Bin& bin = tc->bins[c];
     if (void* p = bin.head) [[likely]] {
@@ -192,7 +192,7 @@ void* SmallArena::allocate(size_t n, int node, size_t* size) {
 void SmallArena::free(void* p, Span* slab) {
   const int c = slab->size_class;
   const Segment* seg = slab->segment;
-  ThreadCache* tc = cache();
+  ThreadCache* tc = cache(seg->node);
   if (tc != nullptr && tc->node == seg->node && !seg->inherited) [[likely]] {
     ThreadCache::Bin& bin = tc->bins[c];
     *static_cast<void**>(p) = bin.head;
@@ -311,7 +311,7 @@ void SmallArena::give_locked(Central& central, void* p, Span* slab) {
 }
 
 void SmallArena::release() {
-  if (ThreadCache* tc = cache())
+  if (ThreadCache* tc = cache(topology_.nodes().front()))
     for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);
   for (int node : topology_.nodes()) {
     for (int c = 1; c < kNumClasses; ++c) {

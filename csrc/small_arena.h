@@ -89,8 +89,9 @@ class SmallArena {
   friend struct ThreadCache;
   friend void flush_thread_caches(void*);
 
-  ThreadCache* cache();                       // the calling thread's, created on first use
-  ThreadCache* create_cache();
+  // The calling thread's cache, created on first use for `node`.
+  ThreadCache* cache(int node);
+  ThreadCache* create_cache(int node);
   void* refill(ThreadCache* tc, int c);
   void drain(ThreadCache* tc, int c, uint32_t keep);
   void drop_cache(ThreadCache* tc);           // drains and deletes it

@@ -28,6 +28,8 @@ def load() -> None:
     from ._errors import ConfigError  # noqa: PLC0415
 
     try:
+        if os.environ.get("HUGEPAGE_ALLOCATOR_BIND_NUMA") == "1":
+            _bind_local_rank()
         from . import _api  # noqa: PLC0415
 
         _api.install()
@@ -36,3 +38,16 @@ def load() -> None:
     except Exception as e:  # noqa: BLE001  (never break `import torch`)
         warnings.warn(f"hugepage_allocator: {ENV}=1 but the allocator was not installed: {e}",
                       RuntimeWarning, stacklevel=2)
+
+
+def _bind_local_rank() -> None:
+    """hugepage-run --bind-numa: local rank r runs on the CPUs of node r mod (number of nodes)."""
+    rank = os.environ.get("LOCAL_RANK")
+    if rank is None or not rank.isdigit():
+        return
+    from . import _system  # noqa: PLC0415
+
+    nodes = _system.nodes()
+    node = sorted(nodes)[int(rank) % len(nodes)]
+    if nodes[node]:
+        os.sched_setaffinity(0, nodes[node])

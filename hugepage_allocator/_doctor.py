@@ -1,0 +1,104 @@
+"""python -m hugepage_allocator doctor: what this system offers for huge pages, and what to run."""
+from __future__ import annotations
+
+import math
+import platform
+
+from . import _system as system
+from ._settings import parse_size
+
+
+def report(want_bytes: int) -> str:
+    lines = [f"hugepage_allocator doctor (Linux {platform.release()})", ""]
+    sizes = system.page_sizes_kb()
+    nodes = system.nodes()
+    if not sizes:
+        lines.append("This kernel offers no explicit huge pages (no /sys/kernel/mm/hugepages): the allocator "
+                     "will use transparent huge pages, then ordinary pages.")
+    else:
+        lines.append("Explicit huge page pools (pages):")
+        lines.append(f"  {'size':>6}  {'where':<7} {'total':>7} {'free':>7} {'reserved':>9} {'surplus':>8}")
+        for kb in sizes:
+            for node in [None] + sorted(nodes):
+                p = system.pool(kb, node)
+                where = "system" if node is None else f"node{node}"
+                resv = str(p.reserved) if node is None else "-"
+                lines.append(f"  {system.size_label(kb):>6}  {where:<7} {p.total:>7} {p.free:>7} {resv:>9} {p.surplus:>8}")
+    thp = system.thp_modes()
+    lines.append("")
+    if thp["enabled"]:
+        usable = thp["enabled"] in ("always", "madvise")
+        lines.append(f"Transparent huge pages: enabled={thp['enabled']}, defrag={thp['defrag']}"
+                     + ("" if usable else "  (the allocator's THP fallback is off: ordinary pages instead)"))
+    else:
+        lines.append("Transparent huge pages: not available in this kernel")
+    lines.append("")
+    lines.append(f"NUMA: {len(nodes)} node(s)")
+    for node, cpus in sorted(nodes.items()):
+        lines.append(f"  node{node}: CPUs {_ranges(cpus)}")
+    lines.append("")
+    limits = system.hugetlb_limits()
+    if any(v is not None for v in limits.values()):
+        lines.append("hugetlb cgroup limits of this process (charged when pages are touched):")
+        for kb, v in limits.items():
+            lines.append(f"  {system.size_label(kb)}: " + ("none" if v is None else f"{v >> 20} MiB"))
+        lines.append("  beyond them the allocator falls back to THP (no SIGBUS: it faults pages in with "
+                     "MADV_POPULATE_WRITE)")
+    else:
+        lines.append("hugetlb cgroup limits of this process: none")
+    root = system.can_reserve()
+    lines.append(f"This process may reserve huge pages: {'yes' if root else 'no (needs root)'}")
+    lines.append("")
+    lines += advice(want_bytes, sizes, nodes, root)
+    return "\n".join(lines)
+
+
+def advice(want: int, sizes: list[int], nodes: dict[int, list[int]], root: bool) -> list[str]:
+    out = [f"To have a pool of {want / (1 << 30):g} GiB:"]
+    sudo = "" if root else "sudo "
+    if 2048 in sizes:
+        p = system.pool(2048)
+        need = math.ceil(want / (2 << 20))
+        if p.free >= need:
+            out.append(f"  2 MiB pages: {p.free} are free already; nothing to do.")
+        else:
+            target = p.total - p.free + need
+            out.append(f"  2 MiB pages: {sudo}python -m hugepage_allocator reserve {want >> 20}MB"
+                       f"      (sets /proc/sys/vm/nr_hugepages to {target})")
+            out.append(f"    at every boot: {sudo}python -m hugepage_allocator reserve {want >> 20}MB --persist")
+            if len(nodes) > 1:
+                out.append(f"    on one node: add --node N (pages of /sys/devices/system/node/nodeN/hugepages)")
+    if 1048576 in sizes:
+        need_g = math.ceil(want / (1 << 30))
+        out.append(f"  1 GiB pages: {sudo}python -m hugepage_allocator reserve {need_g}GB --page-size 1G"
+                   "      (at run time the kernel may give fewer: memory fragments;")
+        out.append(f"    at boot they always succeed: add 'hugepagesz=1G hugepages={need_g}' to the kernel command line)")
+    if not root:
+        out.append("  Without root nothing can be reserved; the allocator then uses whatever is free,")
+        out.append("  then transparent huge pages.")
+    return out
+
+
+def _ranges(ids: list[int]) -> str:
+    if not ids:
+        return "none"
+    out, start = [], ids[0]
+    for a, b in zip(ids, ids[1:] + [None]):
+        if b != a + 1:
+            out.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(out)
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m hugepage_allocator doctor", description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="4GB", help="the pool size to give advice for (default 4GB)")
+    args = ap.parse_args(argv)
+    try:
+        want = parse_size(args.size)
+    except ValueError as e:
+        ap.error(f"--size: {e}")
+    print(report(want))
+    return 0
