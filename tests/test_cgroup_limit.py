@@ -74,3 +74,11 @@ def test_allocations_beyond_the_limit_fall_back_and_keep_their_data(hugetlb_cgro
     assert r["inside"] == 2048
     assert r["beyond"] == [4, 4, 4, 4]
     assert r["fallbacks"] >= 4
+
+
+def test_doctor_shows_the_hugetlb_limit_of_its_cgroup(hugetlb_cgroup, python):
+    r = python(setup=JOIN.format(cg=hugetlb_cgroup), code="""
+        from hugepage_allocator import _doctor
+        report(text=_doctor.report(1 << 30))
+    """)
+    assert "2 MiB: 8 MiB" in r["text"], r["text"]

@@ -119,3 +119,13 @@ def test_torchrun_ddp_step_under_hugepage_run_puts_every_rank_on_huge_pages(pool
     nodes = sorted(int(n[4:]) for n in os.listdir("/sys/devices/system/node") if n.startswith("node") and n[4:].isdigit())
     if len(nodes) == 1:  # one node: both ranks get all its CPUs
         assert ranks[0]["cpus"] == ranks[1]["cpus"]
+
+
+def test_hugepage_run_reserve_sets_up_the_pool_before_the_command(pools):
+    pools.set_free("2M", 0)  # saves the pool's size; restored after the test
+    before = kernel.pool("2M", "nr_hugepages")
+    code = "import sys; sys.path.insert(0, %r); import kernel; print(kernel.pool('2M', 'nr_hugepages'))" % os.path.dirname(
+        os.path.abspath(__file__))
+    proc = run([os.path.join(BIN, "hugepage-run"), "--reserve", f"{(before + 16) * 2}MB", "--", PY, "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(before + 16)
