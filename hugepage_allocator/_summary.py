@@ -42,12 +42,12 @@ def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str])
     lines.append(_row("Events", ["all"] + kinds[:3]))
     lines.append(rule)
     for event, title in (
-        ("num_allocs", "Allocations"),
-        ("num_cache_hits", "  served from cache"),
-        ("num_fallbacks", "  served as fallback"),
-        ("num_maps", "Mappings taken"),
-        ("num_unmaps", "Mappings returned"),
-        ("num_map_failures", "Mappings refused"),
+        ("num_allocs", "Spans handed out"),
+        ("num_cache_hits", "  from mapped memory"),
+        ("num_fallbacks", "  as a fallback"),
+        ("num_maps", "Segments mapped"),
+        ("num_unmaps", "Segments given back"),
+        ("num_map_failures", "Growth refused"),
     ):
         cells = [str(stats[event])] + [str(stats[f"{event}.{k}"]) for k in kinds[:3]]
         lines.append(_row(title, cells))
