@@ -133,7 +133,7 @@ c10::DataPtr HugePageAllocator::allocate(size_t nbytes) {
     if (serving_.load(std::memory_order_relaxed)) num_passthrough_.fetch_add(1, std::memory_order_relaxed);
     return previous->allocate(nbytes);
   }
-  const Plan plan = plan_for(nbytes);
+  const Plan plan = nbytes > kSmallMax ? plan_for(nbytes) : Plan{};  // small ones need none
   const int node = current_node();
   const Block b = pool_.allocate(nbytes, node, plan);
   if (b.ptr == nullptr) out_of_memory(nbytes, node, plan);
@@ -170,7 +170,8 @@ void HugePageAllocator::delete_ptr(void* ptr) {
   if (c10::memoryProfilingEnabled()) report_to_profiler(ptr, -static_cast<int64_t>(size), self.pool_.global_stats());
 }
 
-void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& plan) {
+void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& given) {
+  const Plan plan = given.count > 0 ? given : plan_for(nbytes);  // small requests come without one
   num_ooms_.fetch_add(1, std::memory_order_relaxed);
   const GlobalStats& g = pool_.global_stats();
   const size_t allocated = static_cast<size_t>(g.allocated_bytes.current.load());

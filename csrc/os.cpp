@@ -85,10 +85,11 @@ class LinuxOs final : public Os {
   MapResult map_composite(size_t head, size_t tail) override {
     if (head == 0 || head % kGiB != 0 || tail % k2MiB != 0 || head > SIZE_MAX - tail - kGiB)
       return {nullptr, EINVAL};
-    // Reserve the whole range first (inaccessible, no memory), then lay both parts over it.
+    // Take the address range first (PROT_NONE: no memory, nothing to commit), then lay both
+    // hugetlb parts over it with MAP_FIXED; neither part is MAP_NORESERVE.
     const size_t size = head + tail;
     const size_t padded = size + kGiB;
-    void* raw = mmap(nullptr, padded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* raw = mmap(nullptr, padded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return {nullptr, errno};
     const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
     const uintptr_t aligned = (begin + kGiB - 1) & ~(uintptr_t{kGiB} - 1);

@@ -58,7 +58,8 @@ class Pool final : private SlabSource, private IdleGauge {
   Pool(Os& os, const Topology& topology, int arena_slot);
   ~Pool() override;  // test pools only: unmaps everything
 
-  // A block of at least `nbytes` (> 0) on `node`, by `plan`; {nullptr, 0} when nothing can serve it.
+  // A block of at least `nbytes` (> 0) on `node`; {nullptr, 0} when nothing can serve it. `plan`
+  // orders the kinds for large requests; small ones take their slabs by set_small_kinds().
   Block allocate(size_t nbytes, int node, const Plan& plan);
   // A span of exactly `kind` on `node`, whatever the size; {nullptr, 0} if the kind cannot serve it.
   Block allocate_exact(size_t nbytes, PageKind kind, int node);

@@ -52,7 +52,6 @@ Topology::Topology(Os& os) {
       if (node < kMaxNodes) nodes_.push_back(node);
   }
   if (nodes_.empty()) nodes_.push_back(0);
-  node_cpus_.assign(static_cast<size_t>(nodes_.back()) + 1, {});
   for (int node : nodes_) {
     const std::string path = "/sys/devices/system/node/node" + std::to_string(node) + "/cpulist";
     std::vector<int> cpus;
@@ -61,7 +60,6 @@ Topology::Topology(Os& os) {
       if (static_cast<size_t>(cpu) >= cpu_to_node_.size()) cpu_to_node_.resize(cpu + 1, nodes_.front());
       cpu_to_node_[cpu] = node;
     }
-    node_cpus_[node] = std::move(cpus);
   }
 }
 
@@ -72,12 +70,6 @@ bool Topology::has_node(int node) const {
 int Topology::node_of_cpu(int cpu) const {
   if (cpu < 0 || static_cast<size_t>(cpu) >= cpu_to_node_.size()) return nodes_.front();
   return cpu_to_node_[cpu];
-}
-
-const std::vector<int>& Topology::cpus_of_node(int node) const {
-  static const std::vector<int> kNone;
-  if (node < 0 || static_cast<size_t>(node) >= node_cpus_.size()) return kNone;
-  return node_cpus_[node];
 }
 
 }  // namespace hpa

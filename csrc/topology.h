@@ -25,12 +25,10 @@ class Topology {
   bool has_node(int node) const;
   // Node of `cpu`; node 0 for an unknown or negative cpu.
   int node_of_cpu(int cpu) const;
-  const std::vector<int>& cpus_of_node(int node) const;
 
  private:
   std::vector<int> nodes_;                  // online node ids, ascending, each < kMaxNodes
-  std::vector<int> cpu_to_node_;            // index: cpu id
-  std::vector<std::vector<int>> node_cpus_; // index: node id
+  std::vector<int> cpu_to_node_;  // index: cpu id
 };
 
 }  // namespace hpa

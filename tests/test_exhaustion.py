@@ -70,10 +70,14 @@ def test_no_fallback_makes_an_empty_pool_an_out_of_memory_error(pools, python):
     pools.set_free("2M", 0)
     r = python("""
         hpa.install(fallback=[])
-        try:
-            torch.empty(8 << 20, dtype=torch.uint8)
-            report(raised=False)
-        except torch.OutOfMemoryError:
-            report(raised=True)
+        out = {}
+        for name, n in (("large", 8 << 20), ("small", 100)):
+            try:
+                torch.empty(n, dtype=torch.uint8)
+                out[name] = None
+            except torch.OutOfMemoryError as e:
+                out[name] = str(e).splitlines()[0]
+        report(**out)
     """)
-    assert r["raised"]
+    assert r["large"] and "hugetlb_2M" in r["large"]
+    assert r["small"] and "hugetlb_2M" in r["small"], "a small request's error names what was tried too"
