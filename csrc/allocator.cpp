@@ -77,6 +77,13 @@ void HugePageAllocator::configure(const Settings& s) {
   kinds_.store(s.kinds, std::memory_order_relaxed);
   pool_.set_small_kinds(s.kinds);
   pool_.set_max_cached(s.max_cached);
+  const Placement p = effective_placement(os_, topology_, s.follow_process_policy, s.placement);
+  TORCH_CHECK_VALUE((p.nodes & ~topology_.node_mask()) == 0, "hugepage_allocator: numa_policy ",
+                    describe(p, topology_), " names a node that is not online (online: ",
+                    node_list(topology_.node_mask()), ")");
+  numa_nodes_.store(p.nodes, std::memory_order_relaxed);
+  numa_mode_.store(static_cast<uint8_t>(p.mode), std::memory_order_relaxed);
+  pool_.set_binding(p.mode == NumaMode::kBind, p.mode == NumaMode::kInterleave ? p.nodes : 0);
 }
 
 void HugePageAllocator::install(const Settings& s) {
@@ -126,6 +133,11 @@ int HugePageAllocator::current_node() const {
   return topology_.node_of_cpu(os_.current_cpu());
 }
 
+Route HugePageAllocator::route_for(size_t nbytes) const {
+  if (topology_.num_nodes() == 1) return {topology_.nodes().front(), 0};
+  return route(placement(), topology_, current_node(), nbytes > kSmallMax);
+}
+
 c10::DataPtr HugePageAllocator::allocate(size_t nbytes) {
   if (nbytes == 0) return {nullptr, nullptr, &delete_ptr, kCpu};
   if (!serving_.load(std::memory_order_acquire) || nbytes < min_size_.load(std::memory_order_relaxed)) {
@@ -134,9 +146,9 @@ c10::DataPtr HugePageAllocator::allocate(size_t nbytes) {
     return previous->allocate(nbytes);
   }
   const Plan plan = nbytes > kSmallMax ? plan_for(nbytes) : Plan{};  // small ones need none
-  const int node = current_node();
-  const Block b = pool_.allocate(nbytes, node, plan);
-  if (b.ptr == nullptr) out_of_memory(nbytes, node, plan);
+  const Route r = route_for(nbytes);
+  const Block b = pool_.allocate(nbytes, r, plan);
+  if (b.ptr == nullptr) out_of_memory(nbytes, r.home, plan);
   return wrap(b);
 }
 
@@ -187,8 +199,11 @@ void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& given
     tried += std::string(i ? ", " : "") + page_kind_name(k) + " (" +
              (err ? std::strerror(err) : "no fit") + ")";
   }
+  const NodeMask interleaved = placement().nodes != 0 ? placement().nodes : topology_.node_mask();
+  const std::string where = node == kInterleaveNode ? "interleaved over NUMA nodes " + node_list(interleaved)
+                                                    : "on NUMA node " + std::to_string(node);
   TORCH_CHECK_WITH(OutOfMemoryError, false, "hugepage_allocator: out of memory: tried to allocate ",
-                   nbytes, " bytes (", human_bytes(nbytes), ") on NUMA node ", node,
+                   nbytes, " bytes (", human_bytes(nbytes), ") ", where,
                    "; every page kind allowed failed: ", tried, ". This allocator holds ",
                    human_bytes(allocated), " allocated and ", human_bytes(reserved),
                    " reserved. For more explicit huge pages, raise "

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "placement.h"
 #include "pool.h"
 #include "os.h"
 #include "topology.h"
@@ -30,6 +31,8 @@ struct Settings {
   size_t huge_1g_min_size = kGiB;        // requests at least this large try 1 GiB pages first
   KindMask kinds = kAllKinds;            // page kinds that may be used, in fallback order
   size_t max_cached = Pool::kUnlimited;  // idle bytes kept; beyond, free segments are unmapped
+  Placement placement;                   // where on the NUMA nodes (placement.h)
+  bool follow_process_policy = true;     // placement unset: the process's memory policy decides
 };
 
 class HugePageAllocator final : public c10::Allocator {
@@ -60,6 +63,11 @@ class HugePageAllocator final : public c10::Allocator {
 
   // The NUMA node of the calling CPU (no system call on a one-node machine).
   int current_node() const;
+  // The placement in effect (after the process's memory policy was consulted).
+  Placement placement() const {
+    return {static_cast<NumaMode>(numa_mode_.load(std::memory_order_relaxed)),
+            numa_nodes_.load(std::memory_order_relaxed)};
+  }
 
   Pool& pool() { return pool_; }
   const Topology& topology() const { return topology_; }
@@ -69,6 +77,7 @@ class HugePageAllocator final : public c10::Allocator {
  private:
   HugePageAllocator();
   Plan plan_for(size_t nbytes) const;
+  Route route_for(size_t nbytes) const;
   c10::DataPtr wrap(const Block& b);
   [[noreturn]] void out_of_memory(size_t nbytes, int node, const Plan& plan);
 
@@ -79,6 +88,8 @@ class HugePageAllocator final : public c10::Allocator {
   std::atomic<size_t> min_size_;
   std::atomic<size_t> huge_1g_min_size_;
   std::atomic<KindMask> kinds_;
+  std::atomic<uint8_t> numa_mode_{0};
+  std::atomic<NodeMask> numa_nodes_{0};
   // The allocator current before the first install(), and its raw deleter: requests below
   // min_size, and every request after uninstall(), go there; foreign pointers go to the deleter.
   // Written once, before serving_ is first set.

@@ -39,7 +39,7 @@ StatsDict pool_stats(const Pool& pool) {
   StatsDict d;
   PoolStats all;
   PoolStats by_kind[kNumPageKinds];
-  for (int node : pool.topology().nodes()) {
+  for (int node : pool.heap_nodes()) {
     PoolStats node_total;
     for (int k = 0; k < kNumPageKinds; ++k) {
       const PoolStats s = pool.heap_stats(node, static_cast<PageKind>(k));
@@ -47,7 +47,7 @@ StatsDict pool_stats(const Pool& pool) {
       node_total.merge(s);
     }
     all.merge(node_total);
-    put_pool(d, "node" + std::to_string(node), node_total);
+    put_pool(d, node == kInterleaveNode ? std::string("interleave") : "node" + std::to_string(node), node_total);
   }
   for (int k = 0; k < kNumPageKinds; ++k) put_pool(d, page_kind_name(static_cast<PageKind>(k)), by_kind[k]);
   put_pool(d, "all", all);  // events summed over heaps; bytes replaced below
@@ -70,13 +70,23 @@ StatsDict stats() {
   return d;
 }
 
-Settings make_settings(size_t min_size, size_t huge_1g_min_size, int kinds, size_t max_cached) {
+// `numa_mode` -1: follow the process's memory policy; else a NumaMode over `numa_nodes`.
+Placement make_placement(int numa_mode, uint64_t numa_nodes) {
+  TORCH_CHECK_VALUE(numa_mode >= -1 && numa_mode <= static_cast<int>(NumaMode::kInterleave),
+                    "hugepage_allocator: invalid NUMA mode ", numa_mode);
+  return numa_mode < 0 ? Placement{} : Placement{static_cast<NumaMode>(numa_mode), numa_nodes};
+}
+
+Settings make_settings(size_t min_size, size_t huge_1g_min_size, int kinds, size_t max_cached, int numa_mode,
+                       uint64_t numa_nodes) {
   TORCH_CHECK_VALUE(kinds >= 0 && kinds <= kAllKinds, "hugepage_allocator: invalid page kind mask ", kinds);
   Settings s;
   s.min_size = min_size;
   s.huge_1g_min_size = huge_1g_min_size;
   s.kinds = static_cast<KindMask>(kinds);
   s.max_cached = max_cached;
+  s.placement = make_placement(numa_mode, numa_nodes);
+  s.follow_process_policy = numa_mode < 0;
   return s;
 }
 
@@ -136,19 +146,26 @@ class FakePool {
     pool_ = std::make_unique<Pool>(os_, topology_, slot);
   }
 
-  // (address, block size) or None when nothing can serve it.
+  // (address, block size) or None when nothing can serve it: a request from a CPU of `node`,
+  // placed as the allocator would (HugePageAllocator::plan_for, route_for; default 1G threshold).
   py::object alloc(size_t nbytes, int node, int kinds) {
     TORCH_CHECK_VALUE(nbytes > 0, "alloc: size must be positive");
     TORCH_CHECK_VALUE(topology_.has_node(node), "alloc: no node ", node);
-    // The plan the allocator would make (HugePageAllocator::plan_for), with the default threshold.
     Plan plan;
     if ((kinds & kind_bit(PageKind::kHugetlb1G)) && nbytes >= kGiB) plan.add(PageKind::kHugetlb1G);
     for (PageKind k : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase})
       if (kinds & kind_bit(k)) plan.add(k);
     pool_->set_small_kinds(static_cast<KindMask>(kinds));
-    const Block b = pool_->allocate(nbytes, node, plan);
+    const Block b = pool_->allocate(nbytes, route(placement_, topology_, node, nbytes > kSmallMax), plan);
     if (b.ptr == nullptr) return py::none();
     return py::make_tuple(reinterpret_cast<uintptr_t>(b.ptr), b.size);
+  }
+  // As HugePageAllocator::configure does for the placement; returns it in words.
+  std::string set_placement(int numa_mode, uint64_t numa_nodes) {
+    placement_ = effective_placement(os_, topology_, numa_mode < 0, make_placement(numa_mode, numa_nodes));
+    pool_->set_binding(placement_.mode == NumaMode::kBind,
+                       placement_.mode == NumaMode::kInterleave ? placement_.nodes : 0);
+    return describe(placement_, topology_);
   }
   py::object alloc_exact(size_t nbytes, int kind, int node) {
     const Block b = pool_->allocate_exact(nbytes, to_kind(kind), node);
@@ -170,6 +187,7 @@ class FakePool {
   FakeOs os_;
   Topology topology_;
   std::unique_ptr<Pool> pool_;
+  Placement placement_;
 };
 
 }  // namespace
@@ -178,9 +196,15 @@ class FakePool {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using hpa::HugePageAllocator;
   m.doc() = "Native core of hugepage_allocator (use the Python package, not this module)";
-  m.def("install", [](size_t min_size, size_t huge_1g_min_size, int kinds, size_t max_cached) {
-    HugePageAllocator::get().install(hpa::make_settings(min_size, huge_1g_min_size, kinds, max_cached));
+  m.def("install", [](size_t min_size, size_t huge_1g_min_size, int kinds, size_t max_cached, int numa_mode,
+                       uint64_t numa_nodes) {
+    HugePageAllocator::get().install(
+        hpa::make_settings(min_size, huge_1g_min_size, kinds, max_cached, numa_mode, numa_nodes));
   });
+  m.def("placement", [] {
+    HugePageAllocator& a = HugePageAllocator::get();
+    return hpa::describe(a.placement(), a.topology());
+  }, "The NUMA placement in effect, in the numa_policy setting's words");
   m.def("uninstall", [] { HugePageAllocator::get().uninstall(); });
   m.def("is_installed", [] { return HugePageAllocator::get().is_installed(); });
   m.def("stats", &hpa::stats);
@@ -217,8 +241,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("set_max_cached", [](hpa::FakePool& p, size_t n) { p.pool().set_max_cached(n); })
       .def("bind_thread_cache", [](hpa::FakePool& p, int node) { p.pool().bind_thread_cache(node); })
       .def("fork_child", &hpa::FakePool::fork_child)
-      .def("set_free_pages", [](hpa::FakePool& p, int kind, int64_t n) { p.os().set_free_pages(hpa::to_kind(kind), n); })
-      .def("free_pages", [](hpa::FakePool& p, int kind) { return p.os().free_pages(hpa::to_kind(kind)); })
+      .def("set_placement", &hpa::FakePool::set_placement, py::arg("mode"), py::arg("nodes") = 0)
+      .def("set_thread_policy", [](hpa::FakePool& p, int policy, uint64_t nodes) {
+        TORCH_CHECK_VALUE(policy >= 0 && policy <= 3, "set_thread_policy: policy 0..3");
+        p.os().set_thread_policy(static_cast<hpa::MemPolicy>(policy), nodes);
+      })
+      .def("node_pages", [](hpa::FakePool& p, uintptr_t addr) { return p.os().node_pages(addr); },
+           "2 MiB chunks of hugetlb memory per node behind the mapping holding `addr`")
+      .def("policy_of", [](hpa::FakePool& p, uintptr_t addr) {
+        const auto [policy, nodes] = p.os().policy_of(addr);
+        return py::make_tuple(static_cast<int>(policy), nodes);
+      }, "(MemPolicy number, node mask) the mapping holding `addr` was bound with")
+      .def("set_free_pages", [](hpa::FakePool& p, int kind, int64_t n, int node) {
+        p.os().set_free_pages(hpa::to_kind(kind), n, node);
+      }, py::arg("kind"), py::arg("pages"), py::arg("node") = -1)
+      .def("free_pages", [](hpa::FakePool& p, int kind, int node) {
+        return p.os().free_pages(hpa::to_kind(kind), node);
+      }, py::arg("kind"), py::arg("node") = -1)
       .def("fail_populate", [](hpa::FakePool& p, int n, int err) { p.os().fail_populate(n, err); })
       .def_property_readonly("map_calls", [](hpa::FakePool& p) { return p.os().map_calls(); })
       .def_property_readonly("unmap_calls", [](hpa::FakePool& p) { return p.os().unmap_calls(); })

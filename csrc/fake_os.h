@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "os.h"
@@ -16,24 +17,37 @@ namespace hpa {
 
 class FakeOs final : public Os {
  public:
-  // `nodes` NUMA nodes with `cpus_per_node` CPUs each; `pages_2m` / `pages_1g` free hugetlb pages.
+  // `nodes` NUMA nodes with `cpus_per_node` CPUs each (node n has CPUs n*cpus_per_node...); each
+  // node has `pages_2m` / `pages_1g` free hugetlb pages. Node i is 10 * |i - j| + 10 away from node
+  // j (a line), so "nearest" is well defined.
   FakeOs(int nodes, int cpus_per_node, int64_t pages_2m, int64_t pages_1g, bool thp = true);
   ~FakeOs() override;
 
+  // Like the kernel: a hugetlb map() reserves pages from the total over all nodes; populate()
+  // takes them from nodes as the range's policy says (bind: its nodes only, else ENOMEM;
+  // preferred: its node first; interleave: round-robin over its nodes, then any; none: the
+  // calling CPU's node first).
   MapResult map(PageKind kind, size_t size) override;
   MapResult map_composite(size_t head, size_t tail) override;
   int unmap(void* addr, size_t size) override;
   int populate(void* addr, size_t size) override;
-  int bind_to_node(void* addr, size_t size, int node, bool strict) override;
+  int set_policy(void* addr, size_t size, MemPolicy policy, NodeMask nodes) override;
+  int thread_policy(MemPolicy* policy, NodeMask* nodes) override;
   int current_cpu() override { return cpu_; }
   int read_file(const char* path, std::string* out) override;
 
   // Test controls.
   void set_cpu(int cpu) { cpu_ = cpu; }
-  void set_free_pages(PageKind kind, int64_t pages);
-  int64_t free_pages(PageKind kind) const;
+  void set_thread_policy(MemPolicy policy, NodeMask nodes) { policy_ = policy; policy_nodes_ = nodes; }
+  // Free pages of `kind` on `node` (-1: on every node).
+  void set_free_pages(PageKind kind, int64_t pages, int node = -1);
+  int64_t free_pages(PageKind kind, int node = -1) const;  // -1: the sum over nodes
   // The next `n` populate() calls on hugetlb memory fail with `error` (a cgroup limit: EFAULT).
   void fail_populate(int n, int error) { populate_failures_ = n; populate_error_ = error; }
+  // What backs the mapping holding `addr`: hugetlb pages per node (empty if not a mapping), and
+  // the policy it was given (kDefault and 0 if none).
+  std::vector<int64_t> node_pages(uintptr_t addr) const;
+  std::pair<MemPolicy, NodeMask> policy_of(uintptr_t addr) const;
   int64_t map_calls() const { return map_calls_; }
   int64_t unmap_calls() const { return unmap_calls_; }
   int64_t live_mappings() const { return static_cast<int64_t>(mappings_.size()); }
@@ -42,23 +56,38 @@ class FakeOs final : public Os {
   int64_t bad_unmaps() const { return bad_unmaps_; }
 
  private:
+  static constexpr int8_t kNoPage = -1;
   struct Mapping {
     size_t size;
-    int64_t pages_2m;
-    int64_t pages_1g;
+    size_t head_1g;           // bytes of 1 GiB pages at the start (kHugetlb1G, composite)
+    bool hugetlb;
     void* memory;
-    std::vector<bool> gone;  // per 2 MiB chunk: unmapped already
-    size_t live;             // bytes still mapped
+    std::vector<bool> gone;   // per 2 MiB chunk: unmapped already
+    std::vector<int8_t> node; // per 2 MiB chunk: node of the hugetlb page behind it, kNoPage
+    int64_t reserved_2m;      // reserved at map(), not yet populated
+    int64_t reserved_1g;
+    size_t live;              // bytes still mapped
+    MemPolicy policy = MemPolicy::kDefault;
+    NodeMask policy_nodes = 0;
   };
-  MapResult take(size_t size, size_t align, int64_t pages_2m, int64_t pages_1g);
+  MapResult take(size_t size, size_t align, size_t head_1g, bool hugetlb);
+  // A node with a free page of `kind` for a mapping of this policy, or kNoPage. REQUIRES: mu_.
+  int pick_node(const Mapping& m, PageKind kind);
+  std::map<uintptr_t, Mapping>::const_iterator find(uintptr_t addr) const;
+  int64_t total_free(PageKind kind) const;  // REQUIRES: mu_
 
   mutable std::mutex mu_;
   int nodes_;
   int cpus_per_node_;
   bool thp_;
   int cpu_ = 0;
-  int64_t free_2m_;
-  int64_t free_1g_;
+  MemPolicy policy_ = MemPolicy::kDefault;
+  NodeMask policy_nodes_ = 0;
+  std::vector<int64_t> free_2m_;  // per node
+  std::vector<int64_t> free_1g_;
+  int64_t reserved_2m_ = 0;       // over all mappings
+  int64_t reserved_1g_ = 0;
+  uint64_t interleave_next_ = 0;
   int populate_failures_ = 0;
   int populate_error_ = 0;
   int64_t map_calls_ = 0;

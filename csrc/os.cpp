@@ -38,6 +38,14 @@ const char* page_kind_name(PageKind k) {
 
 namespace {
 
+// Node masks passed to the kernel: room for 1024 nodes, of which this project uses the first 64.
+constexpr unsigned long kMaskBits = 1024;
+constexpr size_t kMaskWords = kMaskBits / (8 * sizeof(unsigned long));
+// Flags the kernel ORs into the mode get_mempolicy() reports, and modes newer than some headers.
+constexpr int kModeFlags = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES | (1 << 13);  // and NUMA_BALANCING
+constexpr int kMpolPreferredMany = 5;
+constexpr int kMpolWeightedInterleave = 6;
+
 // Anonymous memory aligned to `align`: map a little more, then trim both ends.
 MapResult map_aligned_anonymous(size_t size, size_t align) {
   if (size > SIZE_MAX - align) return {nullptr, ENOMEM};
@@ -119,13 +127,40 @@ class LinuxOs final : public Os {
     return EAGAIN;
   }
 
-  int bind_to_node(void* addr, size_t size, int node, bool strict) override {
-    if (node < 0 || node >= 1024) return EINVAL;
-    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {};
-    mask[node / (8 * sizeof(unsigned long))] |= 1UL << (node % (8 * sizeof(unsigned long)));
-    const long rc = syscall(SYS_mbind, addr, size, strict ? MPOL_BIND : MPOL_PREFERRED, mask,
-                            static_cast<unsigned long>(1024), 0UL);
+  int set_policy(void* addr, size_t size, MemPolicy policy, NodeMask nodes) override {
+    if (nodes == 0) return EINVAL;
+    int mode = MPOL_BIND;
+    switch (policy) {
+      case MemPolicy::kDefault: return EINVAL;
+      case MemPolicy::kPreferred:
+        mode = MPOL_PREFERRED;
+        nodes &= ~(nodes - 1);  // one node: the lowest
+        break;
+      case MemPolicy::kBind: mode = MPOL_BIND; break;
+      case MemPolicy::kInterleave: mode = MPOL_INTERLEAVE; break;
+    }
+    unsigned long mask[kMaskWords] = {};
+    mask[0] = static_cast<unsigned long>(nodes);
+    const long rc = syscall(SYS_mbind, addr, size, mode, mask, kMaskBits, 0UL);
     return rc == 0 ? 0 : errno;
+  }
+
+  int thread_policy(MemPolicy* policy, NodeMask* nodes) override {
+    int mode = 0;
+    unsigned long mask[kMaskWords] = {};
+    if (syscall(SYS_get_mempolicy, &mode, mask, kMaskBits, nullptr, 0UL) != 0) return errno;
+    *nodes = static_cast<NodeMask>(mask[0]);
+    switch (mode & ~kModeFlags) {
+      case MPOL_PREFERRED:
+      case kMpolPreferredMany:
+        *policy = *nodes != 0 ? MemPolicy::kPreferred : MemPolicy::kDefault;  // empty: local
+        break;
+      case MPOL_BIND: *policy = MemPolicy::kBind; break;
+      case MPOL_INTERLEAVE:
+      case kMpolWeightedInterleave: *policy = MemPolicy::kInterleave; break;
+      default: *policy = MemPolicy::kDefault; *nodes = 0; break;
+    }
+    return 0;
   }
 
   int current_cpu() override { return sched_getcpu(); }

@@ -1,5 +1,5 @@
 // The operating-system layer: the only code in this project that makes system calls
-// (mmap, munmap, madvise, mbind, getcpu) or reads /sys and /proc.
+// (mmap, munmap, madvise, mbind, get_mempolicy, getcpu) or reads /sys and /proc.
 //
 // Everything above it (topology, page source, pool, allocator) receives an `Os&`, so tests can
 // substitute a fake that runs a pool dry at a chosen moment or pretends to have four NUMA nodes.
@@ -32,6 +32,18 @@ constexpr size_t page_kind_unit(PageKind k) { return k == PageKind::kHugetlb1G ?
 constexpr bool is_hugetlb(PageKind k) { return k == PageKind::kHugetlb1G || k == PageKind::kHugetlb2M; }
 const char* page_kind_name(PageKind k);  // "hugetlb_1G", "hugetlb_2M", "thp", "base"
 
+// NUMA nodes as a bit set (bit i: node i); node ids are below 64 (kMaxNodes).
+using NodeMask = uint64_t;
+constexpr NodeMask node_bit(int node) { return NodeMask{1} << node; }
+
+// Memory policies of Linux (set_mempolicy(2)), as far as this project tells them apart.
+enum class MemPolicy : uint8_t {
+  kDefault,     // none set: the local node (MPOL_DEFAULT, MPOL_LOCAL)
+  kPreferred,   // one node first, any other after it (MPOL_PREFERRED, MPOL_PREFERRED_MANY)
+  kBind,        // these nodes only (MPOL_BIND)
+  kInterleave,  // pages spread round-robin (MPOL_INTERLEAVE, MPOL_WEIGHTED_INTERLEAVE)
+};
+
 struct [[nodiscard]] MapResult {
   void* addr;  // nullptr on failure
   int error;   // errno value, 0 on success
@@ -62,10 +74,15 @@ class Os {
   // ENOMEM) instead of the SIGBUS a plain first touch would raise. EINVAL: kernel too old.
   virtual int populate(void* addr, size_t size) = 0;
 
-  // Binds the range's future pages to NUMA node `node`: MPOL_BIND when `strict` (pages from that
-  // node or none), MPOL_PREFERRED otherwise. Must be called before populate(). Returns an errno
+  // Sets the NUMA policy of the range's future pages (mbind): kBind takes pages from `nodes` only
+  // (bit i: node i), kPreferred from the lowest node of `nodes` first and any other after it,
+  // kInterleave round-robin over `nodes`. Must be called before populate(). Returns an errno
   // value, 0 on success.
-  virtual int bind_to_node(void* addr, size_t size, int node, bool strict) = 0;
+  virtual int set_policy(void* addr, size_t size, MemPolicy policy, NodeMask nodes) = 0;
+
+  // The calling thread's memory policy (get_mempolicy), which a thread inherits from the one that
+  // created it and a process from `numactl`: kDefault when none was set. Returns an errno value.
+  virtual int thread_policy(MemPolicy* policy, NodeMask* nodes) = 0;
 
   // The CPU the calling thread runs on, or -1 when unknown. Cheap: served by rseq / vDSO.
   virtual int current_cpu() = 0;

@@ -43,8 +43,17 @@ MapResult PageSource::obtain_composite(size_t head, size_t tail, int node) {
 MapResult PageSource::finish(PageKind kind, MapResult r, size_t size, int node) {
   const int k = static_cast<int>(kind);
   // Binding matters only where there is a choice; a one-node system skips the system call.
-  if (topology_.num_nodes() > 1) {
-    (void)os_.bind_to_node(r.addr, size, node, /*strict=*/false);  // placement is best effort
+  if (topology_.num_nodes() > 1 && binding_usable()) {
+    int err;
+    if (node == kInterleaveNode) {
+      const NodeMask nodes = interleave_nodes_.load(std::memory_order_relaxed);
+      err = os_.set_policy(r.addr, size, MemPolicy::kInterleave, nodes != 0 ? nodes : topology_.node_mask());
+    } else {
+      const bool strict = is_hugetlb(kind) || strict_fallback_.load(std::memory_order_relaxed);
+      err = os_.set_policy(r.addr, size, strict ? MemPolicy::kBind : MemPolicy::kPreferred, node_bit(node));
+    }
+    // A sandbox that forbids mbind (EPERM, ENOSYS) leaves placement to the kernel from now on.
+    if (err == EPERM || err == ENOSYS) binding_usable_.store(false, std::memory_order_relaxed);
   }
   if (is_hugetlb(kind)) {
     const int err = os_.populate(r.addr, size);  // Note [No SIGBUS]

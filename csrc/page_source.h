@@ -15,6 +15,7 @@
 #include <cstddef>
 
 #include "os.h"
+#include "placement.h"
 #include "topology.h"
 
 namespace hpa {
@@ -25,8 +26,11 @@ class PageSource {
   // ordinary pages under another name, so it is marked unusable.
   PageSource(Os& os, const Topology& topology);
 
-  // Maps `size` bytes (a multiple of page_kind_unit(kind)) of `kind` for `node`. Hugetlb memory
-  // comes back populated; THP and base memory is faulted lazily by its first user.
+  // Maps `size` bytes (a multiple of page_kind_unit(kind)) of `kind` for `node` (kInterleaveNode:
+  // interleaved over the interleave nodes). Hugetlb memory is bound to the node strictly, so that
+  // a node whose pool is empty refuses here (and the caller may try another node) instead of
+  // taking another node's pages silently; it comes back populated. THP and base memory prefers
+  // the node (binds it, under strict_fallback) and is faulted lazily by its first user.
   // On failure returns {nullptr, errno} and leaves nothing mapped.
   MapResult obtain(PageKind kind, size_t size, int node);
 
@@ -35,6 +39,16 @@ class PageSource {
   MapResult obtain_composite(size_t head, size_t tail, int node);
 
   int unmap(void* addr, size_t size) { return os_.unmap(addr, size); }
+
+  // How memory mapped from now on is bound: THP and base memory to its node only (`strict`, for
+  // bind placements) or preferably; interleaved memory over `interleave_nodes`.
+  void set_binding(bool strict, NodeMask interleave_nodes) {
+    strict_fallback_.store(strict, std::memory_order_relaxed);
+    interleave_nodes_.store(interleave_nodes, std::memory_order_relaxed);
+  }
+  // False once mbind was refused outright (EPERM, ENOSYS: a sandbox): placement is then the
+  // kernel's.
+  bool binding_usable() const { return binding_usable_.load(std::memory_order_relaxed); }
 
   // False once the kernel showed it cannot provide this kind at all (EINVAL: unsupported page
   // size, no MADV_POPULATE_WRITE). Distinct from a pool that is merely empty.
@@ -54,6 +68,9 @@ class PageSource {
   const Topology& topology_;
   std::atomic<bool> disabled_[kNumPageKinds] = {};
   std::atomic<int> last_error_[kNumPageKinds] = {};
+  std::atomic<bool> strict_fallback_{false};
+  std::atomic<NodeMask> interleave_nodes_{0};
+  std::atomic<bool> binding_usable_{true};
 };
 
 }  // namespace hpa

@@ -5,10 +5,12 @@ namespace hpa {
 Pool::Pool(Os& os, const Topology& topology, int arena_slot)
     : topology_(topology),
       source_(os, topology),
-      heaps_(new std::unique_ptr<SpanHeap>[static_cast<size_t>(kMaxNodes) * kNumPageKinds]),
+      heap_nodes_(topology.nodes()),
+      heaps_(new std::unique_ptr<SpanHeap>[static_cast<size_t>(kMaxNodes + 1) * kNumPageKinds]),
       arena_(*this, map_, topology, arena_slot) {
   const IdleGauge& idle = *this;
-  for (int node : topology_.nodes())
+  if (topology_.num_nodes() > 1) heap_nodes_.push_back(kInterleaveNode);
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k)
       heaps_[node * kNumPageKinds + k] = std::make_unique<SpanHeap>(
           static_cast<PageKind>(k), node, source_, map_, global_, max_cached_, idle);
@@ -16,42 +18,63 @@ Pool::Pool(Os& os, const Topology& topology, int arena_slot)
 
 Pool::~Pool() = default;  // the arena goes first (declared last), then the heaps unmap
 
-Block Pool::allocate(size_t nbytes, int node, const Plan& plan) {
+Block Pool::allocate(size_t nbytes, const Route& route, const Plan& plan) {
   if (nbytes <= kSmallMax) {
     size_t size = 0;
-    void* p = arena_.allocate(nbytes, node, &size);
+    void* p = arena_.allocate(nbytes, route.home, &size);
     if (p == nullptr) return {};
     global_.allocated_bytes.add(static_cast<int64_t>(size));
     return {p, size};
   }
-  Span* s = large(nbytes, node, plan, /*force=*/false);
-  if (s == nullptr) s = large(nbytes, node, plan, /*force=*/true);
+  Span* s = large(nbytes, route, plan, /*force=*/false);
+  if (s == nullptr) s = large(nbytes, route, plan, /*force=*/true);
   if (s == nullptr) return {};
   return {reinterpret_cast<void*>(s->begin()), s->bytes()};
 }
 
 Block Pool::allocate_exact(size_t nbytes, PageKind kind, int node) {
-  Plan plan;
-  plan.add(kind);
-  Span* s = large(nbytes, node, plan, /*force=*/true);
+  if (node != kInterleaveNode && !topology_.has_node(node)) return {};
+  if (node == kInterleaveNode && topology_.num_nodes() == 1) node = topology_.nodes().front();
+  Span* s = nbytes > (size_t{1} << 48) ? nullptr : large_from(heap(node, kind), nbytes, /*force=*/true, 0);
   if (s == nullptr) return {};
   return {reinterpret_cast<void*>(s->begin()), s->bytes()};
 }
 
-Span* Pool::large(size_t nbytes, int node, const Plan& plan, bool force) {
-  if (nbytes > (size_t{1} << 48)) return nullptr;  // beyond any address space: no heap can serve it
+Span* Pool::large_from(SpanHeap& h, size_t nbytes, bool force, uint8_t how) {
   const size_t units = (nbytes + kUnit - 1) / kUnit;
-  for (int i = 0; i < plan.count; ++i) {
-    const PageKind kind = plan.kinds[i];
-    // A composite segment is grown for one tensor of 1 GiB or more: another such tensor takes a
-    // cached one only if it leaves under an eighth unused. Smaller requests on 1 GiB pages pack.
-    const size_t max_leftover = kind == PageKind::kHugetlb1G && nbytes >= kGiB ? units / 8 : SIZE_MAX;
-    bool from_cache = false;
-    Span* s = heap(node, kind).allocate(units, nbytes, max_leftover, force, /*fallback=*/i > 0, &from_cache);
-    if (s == nullptr) continue;
-    global_.allocated_bytes.add(static_cast<int64_t>(s->bytes()));
-    return s;
+  // A composite segment is grown for one tensor of 1 GiB or more: another such tensor takes a
+  // cached one only if it leaves under an eighth unused. Smaller requests on 1 GiB pages pack.
+  const size_t max_leftover = h.kind() == PageKind::kHugetlb1G && nbytes >= kGiB ? units / 8 : SIZE_MAX;
+  bool from_cache = false;
+  Span* s = h.allocate(units, nbytes, max_leftover, force, how, &from_cache);
+  if (s != nullptr) global_.allocated_bytes.add(static_cast<int64_t>(s->bytes()));
+  return s;
+}
+
+Span* Pool::large(size_t nbytes, const Route& route, const Plan& plan, bool force) {
+  if (nbytes > (size_t{1} << 48)) return nullptr;  // beyond any address space: no heap can serve it
+  int tried = 0;
+  auto attempt = [&](int node, PageKind kind, uint8_t how) -> Span* {
+    if (tried++ > 0) how |= SpanHeap::kServedAsFallback;
+    return large_from(heap(node, kind), nbytes, force, how);
+  };
+  // 1. Explicit huge pages on the home node.
+  for (int i = 0; i < plan.count; ++i)
+    if (is_hugetlb(plan.kinds[i]))
+      if (Span* s = attempt(route.home, plan.kinds[i], 0)) return s;
+  // 2. Explicit huge pages of the other nodes the route allows, nearest first.
+  if (route.spill != 0 && route.home < kMaxNodes) {
+    for (int node : topology_.by_distance(route.home)) {
+      if (!(route.spill & node_bit(node))) continue;
+      for (int i = 0; i < plan.count; ++i)
+        if (is_hugetlb(plan.kinds[i]))
+          if (Span* s = attempt(node, plan.kinds[i], SpanHeap::kServedForOtherNode)) return s;
+    }
   }
+  // 3. THP, then ordinary pages, on the home node.
+  for (int i = 0; i < plan.count; ++i)
+    if (!is_hugetlb(plan.kinds[i]))
+      if (Span* s = attempt(route.home, plan.kinds[i], 0)) return s;
   return nullptr;
 }
 
@@ -104,7 +127,7 @@ Span* Pool::get_slab(int node, size_t units) {
       if (!(mask & kind_bit(kind))) continue;
       bool from_cache = false;
       Span* s = heap(node, kind).allocate(units, units * kUnit, SIZE_MAX, /*force=*/pass == 1,
-                                          /*fallback=*/tried++ > 0, &from_cache);
+                                          tried++ > 0 ? SpanHeap::kServedAsFallback : 0, &from_cache);
       if (s != nullptr) return s;
     }
   }
@@ -119,7 +142,7 @@ void Pool::put_slab(Span* s) {
 size_t Pool::release() {
   arena_.release();
   size_t bytes = 0;
-  for (int node : topology_.nodes())
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) bytes += heap(node, static_cast<PageKind>(k)).release_free_segments();
   return bytes;
 }
@@ -129,7 +152,7 @@ PoolStats Pool::heap_stats(int node, PageKind kind) const {
 }
 
 void Pool::reset_peaks() {
-  for (int node : topology_.nodes())
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).reset_peaks();
   global_.allocated_bytes.reset_peak();
   global_.reserved_bytes.reset_peak();
@@ -137,7 +160,7 @@ void Pool::reset_peaks() {
 
 int64_t Pool::idle_bytes() const {
   int64_t in_use = 0;
-  for (int node : topology_.nodes())
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) in_use += heaps_[node * kNumPageKinds + k]->span_bytes();
   return global_.reserved_bytes.current.load(std::memory_order_relaxed) - in_use;
 }
@@ -145,19 +168,19 @@ int64_t Pool::idle_bytes() const {
 // Lock order: the arena's locks (its cache registry, then each central list), then each heap.
 void Pool::lock_all() {
   arena_.lock_all();
-  for (int node : topology_.nodes())
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().lock();
 }
 
 void Pool::unlock_all() {
-  for (int node : topology_.nodes())
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().unlock();
   arena_.unlock_all();
 }
 
 void Pool::forget_after_fork() {
   // Heaps first: slabs the arena gives back must find their segments marked inherited.
-  for (int node : topology_.nodes())
+  for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).forget_after_fork();
   arena_.forget_after_fork();
 }

@@ -21,10 +21,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "os.h"
 #include "page_map.h"
 #include "page_source.h"
+#include "placement.h"
 #include "small_arena.h"
 #include "span.h"
 #include "span_heap.h"
@@ -58,10 +60,13 @@ class Pool final : private SlabSource, private IdleGauge {
   Pool(Os& os, const Topology& topology, int arena_slot);
   ~Pool() override;  // test pools only: unmaps everything
 
-  // A block of at least `nbytes` (> 0) on `node`; {nullptr, 0} when nothing can serve it. `plan`
-  // orders the kinds for large requests; small ones take their slabs by set_small_kinds().
-  Block allocate(size_t nbytes, int node, const Plan& plan);
-  // A span of exactly `kind` on `node`, whatever the size; {nullptr, 0} if the kind cannot serve it.
+  // A block of at least `nbytes` (> 0) placed by `route` (placement.h); {nullptr, 0} when
+  // nothing can serve it. `plan` orders the kinds for large requests: the plan's explicit huge
+  // page kinds on the home node, then on each spill node (nearest first), then its other kinds on
+  // the home node. Small requests take slabs from the home node (set_small_kinds()).
+  Block allocate(size_t nbytes, const Route& route, const Plan& plan);
+  // A span of exactly `kind` on `node` (or kInterleaveNode), whatever the size; {nullptr, 0} if
+  // the kind cannot serve it there.
   Block allocate_exact(size_t nbytes, PageKind kind, int node);
   // Frees `p` if it is ours and returns its size; returns 0 (and does nothing) for a foreign pointer.
   size_t free(void* p);
@@ -78,6 +83,10 @@ class Pool final : private SlabSource, private IdleGauge {
   void set_max_cached(size_t bytes) { max_cached_.store(bytes, std::memory_order_relaxed); }
   // The calling thread's small objects come from `node` from now on.
   void bind_thread_cache(int node) { arena_.set_cache_node(node); }
+  // How new memory is bound (PageSource::set_binding).
+  void set_binding(bool strict, NodeMask interleave_nodes) { source_.set_binding(strict, interleave_nodes); }
+  // The nodes that have heaps: the topology's, and kInterleaveNode on a machine of two or more.
+  const std::vector<int>& heap_nodes() const { return heap_nodes_; }
 
   PoolStats heap_stats(int node, PageKind kind) const;
   const GlobalStats& global_stats() const { return global_; }
@@ -94,7 +103,8 @@ class Pool final : private SlabSource, private IdleGauge {
   void put_slab(Span* s) override;
   int64_t idle_bytes() const override;
   SpanHeap& heap(int node, PageKind kind) { return *heaps_[node * kNumPageKinds + static_cast<int>(kind)]; }
-  Span* large(size_t nbytes, int node, const Plan& plan, bool force);
+  Span* large(size_t nbytes, const Route& route, const Plan& plan, bool force);
+  Span* large_from(SpanHeap& heap, size_t nbytes, bool force, uint8_t how);
 
   const Topology& topology_;
   PageSource source_;
@@ -102,7 +112,8 @@ class Pool final : private SlabSource, private IdleGauge {
   GlobalStats global_;
   std::atomic<KindMask> small_kinds_{kAllKinds};
   std::atomic<size_t> max_cached_{kUnlimited};
-  std::unique_ptr<std::unique_ptr<SpanHeap>[]> heaps_;  // [node][kind], online nodes only
+  std::vector<int> heap_nodes_;
+  std::unique_ptr<std::unique_ptr<SpanHeap>[]> heaps_;  // [node][kind], heap_nodes_ only
   SmallArena arena_;
 };
 

@@ -152,7 +152,10 @@ ThreadCache* SmallArena::create_cache(int node) {
 
 void SmallArena::set_cache_node(int node) {
   ThreadCache* tc = cache(node);
-  if (tc == nullptr || tc->node == node) return;
+  if (tc != nullptr && tc->node != node) rebind(tc, node);
+}
+
+void SmallArena::rebind(ThreadCache* tc, int node) {
   for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);  // its objects belong to the old node
   tc->node = node;
 }
@@ -175,6 +178,7 @@ void* SmallArena::allocate(size_t n, int node, size_t* size) {
   *size = SizeClasses::size(c);
   ThreadCache* tc = cache(node);
   if (tc != nullptr) [[likely]] {
+    if (tc->node != node) [[unlikely]] rebind(tc, node);  // the thread moved to another node
     ThreadCache::Bin& bin = tc->bins[c];
     if (void* p = bin.head) [[likely]] {
       bin.head = *static_cast<void**>(p);

@@ -9,8 +9,9 @@
 // allocation pops one and a free pushes one, with no lock and no atomic read-modify-write. A
 // thread's cache is filled from and drained to the size class's central lists (one mutex per node
 // and class) in batches; a central list gets new slabs from, and returns fully free slabs to, the
-// node's span heaps. A thread's cache belongs to the node it first allocated on; an object freed
-// by a thread of another node goes straight back to its home node's central list.
+// node's span heaps. A thread's cache belongs to the node it allocates for (when that changes, the
+// thread moved: its cache is drained and serves the new node); an object freed by a thread of
+// another node goes straight back to its home node's central list, never into that thread's cache.
 #pragma once
 
 #include <atomic>
@@ -92,6 +93,7 @@ class SmallArena {
   // The calling thread's cache, created on first use for `node`.
   ThreadCache* cache(int node);
   ThreadCache* create_cache(int node);
+  void rebind(ThreadCache* tc, int node);  // drains the cache, which serves `node` from now on
   void* refill(ThreadCache* tc, int c);
   void drain(ThreadCache* tc, int c, uint32_t keep);
   void drop_cache(ThreadCache* tc);           // drains and deletes it

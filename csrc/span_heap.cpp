@@ -66,14 +66,14 @@ SpanHeap::~SpanHeap() {
     source_.unmap(reinterpret_cast<void*>(seg->start), seg->size);
 }
 
-Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bool force, bool fallback,
+Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bool force, uint8_t how,
                          bool* from_cache) {
   const size_t bytes = units * kUnit;
   std::unique_lock<SpinLock> lock(mu_);
   if (Span* s = take_fit(units, requested, max_leftover)) {
     *from_cache = true;
     ++stats_.num_cache_hits;
-    if (fallback) ++stats_.num_fallbacks;
+    count_served(how);
     return s;
   }
   if (!force && backoff_.skip(bytes)) return nullptr;
@@ -89,7 +89,7 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
     if (s != nullptr) {
       *from_cache = true;
       ++stats_.num_cache_hits;
-      if (fallback) ++stats_.num_fallbacks;
+      count_served(how);
     }
     return s;
   }
@@ -102,7 +102,7 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
   *from_cache = false;
   free_.remove(fresh);
   Span* s = carve(fresh, units, requested);  // from the new segment: it was grown for this request
-  if (s != nullptr && fallback) ++stats_.num_fallbacks;
+  if (s != nullptr) count_served(how);
   lock.unlock();
   unmap_all(trimmed);
   return s;

@@ -137,9 +137,12 @@ class SpanHeap {
   // its first and last unit in the page map.
   // A free span leaving more than `max_leftover` units unused is passed over while the kernel can
   // grow the heap. nullptr when the kernel refuses (or the heap backs off, unless `force`).
-  // *from_cache tells whether no new segment was needed; `fallback` counts the span as served
-  // by this kind although a preferred kind was tried first.
-  Span* allocate(size_t units, size_t requested, size_t max_leftover, bool force, bool fallback,
+  // *from_cache tells whether no new segment was needed. `how` (kServed* bits) counts the span
+  // as served by this kind although a preferred kind was tried first, or by this node for a
+  // request whose home node could not serve it.
+  static constexpr uint8_t kServedAsFallback = 1;
+  static constexpr uint8_t kServedForOtherNode = 2;
+  Span* allocate(size_t units, size_t requested, size_t max_leftover, bool force, uint8_t how,
                  bool* from_cache);
   // Takes back a span of this heap (state kLarge or kSlab) and coalesces it.
   void free(Span* s);
@@ -171,6 +174,10 @@ class SpanHeap {
   // grown for requests that went elsewhere). REQUIRES: lock held; the range joins `doomed`.
   void trim_tail(Segment* seg, std::vector<Segment>* doomed);
   void unmap_all(std::vector<Segment>& doomed);
+  void count_served(uint8_t how) {
+    if (how & kServedAsFallback) ++stats_.num_fallbacks;
+    if (how & kServedForOtherNode) ++stats_.num_node_fallbacks;
+  }
 
   const PageKind kind_;
   const int node_;

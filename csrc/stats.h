@@ -29,6 +29,8 @@ namespace hpa {
 //   num_unmaps:       segments given back to the kernel
 //   num_map_failures: times the kernel refused to grow the heap (an empty hugetlb pool, a cgroup limit)
 //   num_fallbacks:    spans served by this kind although a preferred kind was tried first
+//   num_node_fallbacks: spans served on this node for a request whose home node had no
+//                     explicit huge page left (see placement.h)
 #define HPA_EVENT_STATS(X) \
   X(num_allocs)            \
   X(num_frees)             \
@@ -36,7 +38,8 @@ namespace hpa {
   X(num_maps)              \
   X(num_unmaps)            \
   X(num_map_failures)      \
-  X(num_fallbacks)
+  X(num_fallbacks)         \
+  X(num_node_fallbacks)
 
 struct ByteStat {
   int64_t current = 0;
