@@ -15,6 +15,7 @@ from ._api import (
     max_memory_allocated,
     memory_stats,
     memory_summary,
+    placement,
     reset_peak_memory_stats,
     uninstall,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "max_memory_allocated",
     "memory_stats",
     "memory_summary",
+    "placement",
     "reset_peak_memory_stats",
     "uninstall",
 ]

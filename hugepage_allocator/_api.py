@@ -35,6 +35,31 @@ def _kind_mask(values: dict[str, Any]) -> int:
     return mask
 
 
+def _numa(policy: tuple[str, tuple[int, ...]] | None) -> tuple[int, int]:
+    """(mode number, node mask) for the native install(); (-1, 0) to follow the process policy."""
+    if policy is None:
+        return -1, 0
+    mode, nodes = policy
+    online = list(_native().nodes())
+    missing = [n for n in nodes if n not in online]
+    if missing:
+        shown = f"{mode}:{'+'.join(map(str, nodes))}"
+        raise ConfigError(f"bad value for setting 'numa_policy': {shown!r} names node {missing[0]}, which is "
+                          f"not an online NUMA node this process may use (nodes: {online})")
+    mask = 0
+    for n in nodes:
+        mask |= 1 << n
+    return _settings._NUMA_MODES.index(mode), mask
+
+
+def placement() -> str:
+    """The NUMA placement in effect, in ``numa_policy``'s words (``local``, ``bind:1``, ...).
+
+    Shows what the process's memory policy (numactl) made of an unset ``numa_policy``.
+    """
+    return str(_native().placement())
+
+
 def install(config: Any = None, **settings: Any) -> None:
     """Makes the huge-page allocator PyTorch's CPU allocator for this process.
 
@@ -46,8 +71,9 @@ def install(config: Any = None, **settings: Any) -> None:
     """
     values = _settings.resolve(config, settings)
     max_cached = values["max_cached"]
+    numa_mode, numa_nodes = _numa(values["numa_policy"])
     _native().install(values["min_size"], values["huge_1g_min_size"], _kind_mask(values),
-                      _UNLIMITED if max_cached is None else max_cached)
+                      _UNLIMITED if max_cached is None else max_cached, numa_mode, numa_nodes)
     if values["prefault"]:
         # Taken, touched (hugetlb memory is faulted in when mapped, THP and base pages only now)
         # and freed: it stays in the pool for the first requests.
@@ -79,8 +105,10 @@ def memory_stats() -> "OrderedDict[str, int]":
     ``allocated_bytes`` (``all``: what tensors hold; kinds and nodes: spans in use),
     ``reserved_bytes`` (mapped from the kernel), ``slack_bytes`` (large spans beyond the request),
     and ``requested_bytes.all`` (no peak). Events ``num_allocs``, ``num_frees``, ``num_cache_hits``,
-    ``num_maps``, ``num_unmaps``, ``num_map_failures``, ``num_fallbacks``, in total and per kind
-    and node, plus ``num_ooms`` and ``num_passthrough``.
+    ``num_maps``, ``num_unmaps``, ``num_map_failures``, ``num_fallbacks``, ``num_node_fallbacks``
+    (spans a node served because the request's home node had no explicit huge page left), in total
+    and per kind and node, plus ``num_ooms`` and ``num_passthrough``. On a machine of two nodes or
+    more, pool ``interleave`` holds what the ``interleave`` placement spread over the nodes.
     """
     return OrderedDict(sorted(_native().stats().items()))
 
@@ -140,4 +168,5 @@ def memory_summary() -> str:
     """A table of ``memory_stats()`` in the style of ``torch.cuda.memory_summary()``."""
     from ._summary import format_summary  # noqa: PLC0415
 
-    return format_summary(memory_stats(), list(_native().nodes()), list(_native().page_kind_names()))
+    native = _native()
+    return format_summary(memory_stats(), list(native.nodes()), list(native.page_kind_names()), placement())

@@ -35,7 +35,13 @@ def report(want_bytes: int) -> str:
     lines.append("")
     lines.append(f"NUMA: {len(nodes)} node(s)")
     for node, cpus in sorted(nodes.items()):
-        lines.append(f"  node{node}: CPUs {_ranges(cpus)}")
+        free = ", ".join(f"{system.pool(kb, node).free} of {system.pool(kb, node).total} {system.size_label(kb)} pages free"
+                         for kb in sizes)
+        lines.append(f"  node{node}: CPUs {_ranges(cpus)}" + (f"; {free}" if free else ""))
+    if len(nodes) > 1:
+        lines.append("  Placement (setting numa_policy): local by default, or what numactl set for the process;")
+        lines.append("  with local placement each thread is served from its own node's pool, so reserve")
+        lines.append("  pages on every node (reserve SIZE --node N), not only on one.")
     lines.append("")
     limits = system.hugetlb_limits()
     if any(v is not None for v in limits.values()):
@@ -67,7 +73,9 @@ def advice(want: int, sizes: list[int], nodes: dict[int, list[int]], root: bool)
                        f"      (sets /proc/sys/vm/nr_hugepages to {target})")
             out.append(f"    at every boot: {sudo}python -m hugepage_allocator reserve {want >> 20}MB --persist")
             if len(nodes) > 1:
-                out.append(f"    on one node: add --node N (pages of /sys/devices/system/node/nodeN/hugepages)")
+                share = math.ceil(need / len(nodes)) * 2
+                per_node = "; ".join(f"{sudo}python -m hugepage_allocator reserve {share}MB --node {n}" for n in sorted(nodes))
+                out.append(f"    split over the nodes (for local placement): {per_node}")
     if 1048576 in sizes:
         need_g = math.ceil(want / (1 << 30))
         out.append(f"  1 GiB pages: {sudo}python -m hugepage_allocator reserve {need_g}GB --page-size 1G"

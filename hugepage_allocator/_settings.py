@@ -78,6 +78,51 @@ def _size_at_least(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
+_NUMA_MODES = ("local", "preferred", "bind", "interleave")  # numbered as csrc/placement.h NumaMode
+_NODE_LIST_RE = re.compile(r"^\s*[0-9]+(\s*-\s*[0-9]+)?(\s*[,+]\s*[0-9]+(\s*-\s*[0-9]+)?)*\s*$", re.ASCII)
+
+
+def parse_node_list(text: str) -> tuple[int, ...]:
+    """Node ids from a list such as ``1``, ``0-3``, ``0,2`` or ``0+2`` (``+`` where a comma cannot go)."""
+    if not _NODE_LIST_RE.match(text):
+        raise ValueError(f"{text!r} is not a node list (examples: 1, 0-3, 0+2)")
+    nodes: set[int] = set()
+    for part in re.split(r"[,+]", text):
+        lo, _, hi = part.strip().partition("-")
+        first, last = int(lo), int(hi) if hi else int(lo)
+        if last < first:
+            raise ValueError(f"{part.strip()!r} is an empty range")
+        if last > 63:
+            raise ValueError(f"node {last} is beyond the 64 nodes supported (0-63)")
+        nodes.update(range(first, last + 1))
+    return tuple(sorted(nodes))
+
+
+def parse_numa_policy(value: Any) -> tuple[str, tuple[int, ...]] | None:
+    """(mode, nodes) from ``local``, ``interleave[:NODES]``, ``bind:NODES`` or ``preferred:NODE``;
+    None for ``auto`` (the process's memory policy decides). An empty node tuple means every node."""
+    if not isinstance(value, str):
+        raise ValueError(f"a string such as 'local' or 'bind:1', not {type(value).__name__}")
+    mode, sep, nodes_text = value.strip().partition(":")
+    mode = mode.strip().lower()
+    if mode == "auto" and not sep:
+        return None
+    if mode not in _NUMA_MODES:
+        raise ValueError(f"{value!r} names no placement mode ({', '.join(_NUMA_MODES)}, auto)")
+    if mode == "local":
+        if sep:
+            raise ValueError("local takes no nodes (it is the calling CPU's node)")
+        return ("local", ())
+    if not sep:
+        if mode == "interleave":
+            return ("interleave", ())
+        raise ValueError(f"{mode} needs nodes, e.g. '{mode}:1'")
+    nodes = parse_node_list(nodes_text)
+    if mode == "preferred" and len(nodes) != 1:
+        raise ValueError(f"preferred takes one node, not {nodes_text.strip()!r}")
+    return (mode, nodes)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -85,6 +130,7 @@ class Setting:
     allowed: str  # what is allowed, in words, for errors and docs
     doc: str
     parse: Callable[[Any], Any]
+    shown_default: str | None = None  # the default in the docs, when the value is not self-explaining
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -124,6 +170,18 @@ SETTINGS: tuple[Setting, ...] = (
         "and the pool holds more idle memory than this, the segment goes back to the kernel at "
         "once. empty_cache() gives back every idle segment whatever this says.",
         _size_or_unlimited,
+    ),
+    Setting(
+        "numa_policy", None,
+        "local, interleave, interleave:NODES, bind:NODES, preferred:NODE, auto (NODES: 1, 0-3, 0+2)",
+        "Where on the NUMA nodes memory goes. local: the calling CPU's node; when its explicit huge "
+        "pages run out, other nodes' huge pages come before THP and ordinary pages. bind: only "
+        "these nodes, ever (fallback pages are bound to them too). preferred: this node first, "
+        "then as local. interleave: tensors above 256 KiB spread page by page over the nodes (for "
+        "weights every socket reads); smaller ones stay local. Unset (auto), the process's memory "
+        "policy decides: numactl --membind, --interleave and --preferred are followed; else local.",
+        parse_numa_policy,
+        shown_default="auto (local)",
     ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -259,5 +317,6 @@ def markdown_table() -> str:
         return str(value)
 
     rows = ["| setting | default | allowed | what it does |", "|---|---|---|---|"]
-    rows += [f"| `{s.name}` | `{show(s.default)}` | {s.allowed} | {s.doc} |" for s in SETTINGS]
+    rows += [f"| `{s.name}` | `{s.shown_default or show(s.default)}` | {s.allowed} | {s.doc} |"
+             for s in SETTINGS]
     return "\n".join(rows)

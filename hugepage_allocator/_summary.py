@@ -17,16 +17,18 @@ def _row(label: str, cells: list[str]) -> str:
     return f"| {label:<21} |" + "|".join(f" {c:>10} " for c in cells) + "|"
 
 
-def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str]) -> str:
+def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str], placement: str = "local") -> str:
     rule = "|" + "-" * (_WIDTH - 2) + "|"
     lines = [
         "|" + "=" * (_WIDTH - 2) + "|",
         "|" + " hugepage_allocator memory summary ".center(_WIDTH - 2) + "|",
+        "|" + f" NUMA nodes: {','.join(map(str, nodes))}   placement: {placement} ".center(_WIDTH - 2) + "|",
         rule,
         _row("Metric", ["Cur Usage", "Peak Usage", "Tot Alloc", "Tot Freed"]),
         rule,
     ]
-    pools = ["all"] + kinds + ([f"node{n}" for n in nodes] if len(nodes) > 1 else [])
+    node_pools = [f"node{n}" for n in nodes] + ["interleave"] if len(nodes) > 1 else []
+    pools = ["all"] + kinds + node_pools
     for stat, title in (
         ("allocated_bytes", "Allocated memory"),
         ("requested_bytes", "Requested memory"),
@@ -52,6 +54,13 @@ def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str])
         cells = [str(stats[event])] + [str(stats[f"{event}.{k}"]) for k in kinds[:3]]
         lines.append(_row(title, cells))
     lines.append(rule)
+    if node_pools:
+        lines.append(_row("Per node", ["spans", "for others", "fallbacks", "refused"]))
+        lines.append(rule)
+        for pool in node_pools:
+            events = ("num_allocs", "num_node_fallbacks", "num_fallbacks", "num_map_failures")
+            lines.append(_row(f"  {pool}", [str(stats.get(f"{e}.{pool}", 0)) for e in events]))
+        lines.append(rule)
     lines.append(_row("On ordinary pages", [str(stats["num_allocs.base"]), "", "", ""]))
     lines.append(_row("Out-of-memory errors", [str(stats["num_ooms"]), "", "", ""]))
     lines.append(_row("Below min_size", [str(stats["num_passthrough"]), "", "", ""]))

@@ -82,3 +82,52 @@ def test_the_readme_settings_table_is_generated_from_the_settings_table():
     readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
     with open(readme) as f:
         assert markdown_table() in f.read(), "regenerate the README's table with _settings.markdown_table()"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("local", ("local", ())), ("interleave", ("interleave", ())), ("interleave:0-3", ("interleave", (0, 1, 2, 3))),
+    ("bind:1", ("bind", (1,))), ("bind:0+2", ("bind", (0, 2))), ("bind:0,2", ("bind", (0, 2))),
+    (" Preferred : 3 ", ("preferred", (3,))), ("auto", None),
+])
+def test_numa_policy_values(text, expected):
+    assert resolve(None, {"numa_policy": text})["numa_policy"] == expected
+
+
+def test_numa_policy_in_the_inline_grammar_and_toml(tmp_path):
+    assert resolve("numa_policy:bind:1,min_size:1MB")["numa_policy"] == ("bind", (1,))
+    path = tmp_path / "numa.toml"
+    path.write_text('numa_policy = "interleave:0,1"\n')
+    assert resolve(str(path))["numa_policy"] == ("interleave", (0, 1))
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("nearest", "'nearest' names no placement mode (local, preferred, bind, interleave, auto)"),
+    ("bind", "bind needs nodes, e.g. 'bind:1'"),
+    ("preferred:0-1", "preferred takes one node, not '0-1'"),
+    ("local:1", "local takes no nodes"),
+    ("bind:x", "'x' is not a node list"),
+    ("bind:3-1", "'3-1' is an empty range"),
+    ("bind:64", "node 64 is beyond the 64 nodes supported"),
+    (1, "a string such as 'local' or 'bind:1', not int"),
+])
+def test_bad_numa_policies_say_what_is_allowed(value, expected):
+    with pytest.raises(ConfigError) as e:
+        resolve(None, {"numa_policy": value})
+    assert expected in str(e.value) and "allowed: local, interleave" in str(e.value)
+
+
+def test_install_refuses_a_node_that_is_not_online(python):
+    r = python("""
+        error = None
+        try:
+            hpa.install(numa_policy="bind:7")
+        except hpa.ConfigError as e:
+            error = str(e)
+        refused_installed = hpa.is_installed()
+        hpa.install(numa_policy="bind:0")
+        report(error=error, refused_installed=refused_installed, placement=hpa.placement(),
+               installed=hpa.is_installed())
+    """)
+    assert "names node 7, which is not an online NUMA node" in r["error"]
+    assert r["refused_installed"] is False
+    assert r["placement"] == "bind:0" and r["installed"] is True
