@@ -52,3 +52,40 @@ def set_pool(size: str, pages: int) -> int:
     with open(os.path.join(HUGEPAGES, SIZE_DIRS[size], "nr_hugepages"), "w") as f:
         f.write(str(pages))
     return pool(size, "nr_hugepages")
+
+
+@dataclass
+class NumaPlacement:
+    policy: str                # the mapping's memory policy: "default", "bind:1", "interleave:0-1", ...
+    pages: dict[int, int]      # node -> pages of the mapping resident there
+    kernel_page_kb: int
+
+
+def numa_of(address: int, pid: str = "self") -> NumaPlacement:
+    """The /proc/<pid>/numa_maps entry of the mapping that holds `address`."""
+    start = mapping_of(address, pid).start
+    with open(f"/proc/{pid}/numa_maps") as f:
+        for line in f:
+            fields = line.split()
+            if int(fields[0], 16) != start:
+                continue
+            pages = {int(k[1:]): int(v) for k, _, v in (x.partition("=") for x in fields[2:])
+                     if k[:1] == "N" and k[1:].isdigit()}
+            kb = next((int(x.split("=")[1]) for x in fields if x.startswith("kernelpagesize_kB=")), 4)
+            return NumaPlacement(fields[1], pages, kb)
+    raise LookupError(f"no numa_maps entry starts at {start:#x}")
+
+
+def node_pool(node: int, size: str, field: str) -> int:
+    """A counter of one node's hugetlb pool: nr_hugepages, free_hugepages, surplus_hugepages."""
+    path = f"/sys/devices/system/node/node{node}/hugepages/{SIZE_DIRS[size]}/{field}"
+    with open(path) as f:
+        return int(f.read())
+
+
+def set_node_pool(node: int, size: str, pages: int) -> int:
+    """Asks for `pages` persistent huge pages of `size` on `node`; returns how many it has now."""
+    path = f"/sys/devices/system/node/node{node}/hugepages/{SIZE_DIRS[size]}/nr_hugepages"
+    with open(path, "w") as f:
+        f.write(str(pages))
+    return node_pool(node, size, "nr_hugepages")
