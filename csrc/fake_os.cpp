@@ -17,8 +17,10 @@ MapResult FakeOs::take(size_t size, size_t align, int64_t pages_2m, int64_t page
   ++map_calls_;
   if (pages_2m > free_2m_ || pages_1g > free_1g_) return {nullptr, ENOMEM};
   if (size > (size_t{1} << 40)) return {nullptr, ENOMEM};
-  void* memory = std::aligned_alloc(align, size);
-  if (memory == nullptr) return {nullptr, ENOMEM};
+  // posix_memalign, not aligned_alloc: a composite size (1 GiB + a 2 MiB tail) is not a multiple
+  // of its alignment, which aligned_alloc does not allow.
+  void* memory = nullptr;
+  if (posix_memalign(&memory, align, size) != 0) return {nullptr, ENOMEM};
   free_2m_ -= pages_2m;
   free_1g_ -= pages_1g;
   mappings_[reinterpret_cast<uintptr_t>(memory)] =
