@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 namespace hpa {
 
@@ -83,6 +84,17 @@ int FakeOs::unmap(void* addr, size_t size) {
     mappings_.erase(it);
   }
   return 0;
+}
+
+MapResult FakeOs::map_copy(const void* src, size_t size) {
+  MapResult r = map(PageKind::kBase, (size + k2MiB - 1) / k2MiB * k2MiB);
+  if (r.addr != nullptr) std::memcpy(r.addr, src, size);
+  return r;
+}
+
+int FakeOs::move_mapping(void* from, void* to, size_t size) {
+  std::memmove(to, from, size);
+  return unmap(from, (size + k2MiB - 1) / k2MiB * k2MiB);
 }
 
 int FakeOs::populate(void* addr, size_t size) {

@@ -24,6 +24,9 @@ class FakeOs final : public Os {
   MapResult map_composite(size_t head, size_t tail) override;
   int unmap(void* addr, size_t size) override;
   int populate(void* addr, size_t size) override;
+  // A copy in a mapping of its own; moved "over" a range, it is copied back and unmapped.
+  MapResult map_copy(const void* src, size_t size) override;
+  int move_mapping(void* from, void* to, size_t size) override;
   int bind_to_node(void* addr, size_t size, int node, bool strict) override;
   int current_cpu() override { return cpu_; }
   int read_file(const char* path, std::string* out) override;

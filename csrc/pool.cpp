@@ -155,6 +155,14 @@ void Pool::unlock_all() {
   arena_.unlock_all();
 }
 
+HugetlbPages Pool::hugetlb_pages() const {
+  HugetlbPages n;
+  for (int node : topology_.nodes())
+    for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M})
+      heaps_[node * kNumPageKinds + static_cast<int>(k)]->count_pages(&n.pages_2m, &n.pages_1g);
+  return n;
+}
+
 void Pool::forget_after_fork() {
   // Heaps first: slabs the arena gives back must find their segments marked inherited.
   for (int node : topology_.nodes())

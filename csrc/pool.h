@@ -45,6 +45,11 @@ using KindMask = uint8_t;
 constexpr KindMask kind_bit(PageKind k) { return static_cast<KindMask>(1u << static_cast<int>(k)); }
 constexpr KindMask kAllKinds = (1u << kNumPageKinds) - 1;
 
+struct HugetlbPages {
+  int64_t pages_2m = 0;
+  int64_t pages_1g = 0;
+};
+
 struct Block {
   void* ptr = nullptr;
   size_t size = 0;  // bytes the block holds: its size class or its span
@@ -88,6 +93,15 @@ class Pool final : private SlabSource, private IdleGauge {
   void lock_all();
   void unlock_all();
   void forget_after_fork();  // in the child, after unlock_all()
+
+  // For Note [Fork copies] (fork_copy.h). REQUIRES: lock_all() held.
+  HugetlbPages hugetlb_pages() const;
+  template <typename Fn>
+  void for_each_live_hugetlb_range(Fn&& fn) const {
+    for (int node : topology_.nodes())
+      for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M})
+        heaps_[node * kNumPageKinds + static_cast<int>(k)]->for_each_live_range(fn);
+  }
 
  private:
   Span* get_slab(int node, size_t units) override;
