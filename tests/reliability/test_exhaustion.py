@@ -119,7 +119,7 @@ def _train_through_a_dry_pool(python, come_back):
 
 def test_training_goes_on_when_the_pool_runs_dry_and_empty_cache_brings_pages_back(pools, python):
     pools.set_free("2M", 80)
-    r = _train_through_a_dry_pool(python, "hog.pop().close(); hpa.empty_cache()")
+    r = _train_through_a_dry_pool(python, "while hog: hog.pop().close()\n                hpa.empty_cache()")
     assert r["same"], "the loss curve is the default allocator's"
     kps = r["kps"]
     assert kps[:4] == [2048] * 4, "on huge pages before the pool runs dry"
