@@ -119,8 +119,13 @@ void Pool::put_slab(Span* s) {
 size_t Pool::release() {
   arena_.release();
   size_t bytes = 0;
-  for (int node : topology_.nodes())
-    for (int k = 0; k < kNumPageKinds; ++k) bytes += heap(node, static_cast<PageKind>(k)).release_free_segments();
+  for (int node : topology_.nodes()) {
+    for (int k = 0; k < kNumPageKinds; ++k) {
+      SpanHeap& h = heap(node, static_cast<PageKind>(k));
+      bytes += h.release_free_segments();
+      h.end_backoff();
+    }
+  }
   return bytes;
 }
 

@@ -74,7 +74,8 @@ class Pool final : private SlabSource, private IdleGauge {
   size_t block_size(const void* p) const;
 
   // Gives back all idle memory that can be given back: the calling thread's small-object cache,
-  // fully free slabs, fully free segments. Returns the bytes unmapped.
+  // fully free slabs, fully free segments; and ends every heap's back-off, so that pages that came
+  // back meanwhile are used at once. Returns the bytes unmapped.
   size_t release();
 
   // The kinds small requests' slabs may come from (bit of 1 GiB ignored).

@@ -145,6 +145,12 @@ class SpanHeap {
   void free(Span* s);
   // Unmaps every fully free segment. Returns the bytes unmapped.
   size_t release_free_segments();
+  // Asks the kernel again at the next request that needs to grow (empty_cache(): pages may have
+  // come back from elsewhere, not only from this heap).
+  void end_backoff() {
+    std::lock_guard<SpinLock> lock(mu_);
+    backoff_.reset();
+  }
 
   PoolStats stats() const;
   void reset_peaks();
