@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fake_os.h"
+#include "fork_copy.h"
 #include "pool.h"
 #include "small_arena.h"
 #include "topology.h"
@@ -231,6 +232,30 @@ void test_after_fork_the_child_never_reuses_inherited_memory_and_unmaps_it_when_
   t.check_empty();
 }
 
+// Note [Fork copies]: the fake's sysfs has no free huge pages, so every live huge page is copied;
+// the copies cover exactly the huge pages that hold blocks in use, whole, and carry their data.
+void test_fork_copies_cover_every_live_huge_page_and_carry_its_data() {
+  TestPool t(1, 512, 2);
+  Block a = t.alloc(3 * kMiB);                  // pages 0-1 of a 2 MiB segment
+  Block gap = t.alloc(4 * kMiB);                // freed below: page 2 then holds nothing
+  Block b = t.alloc(1 * kMiB);                  // page 3
+  Block small = t.alloc(3000);                  // a slab, on page 4
+  Block big = t.alloc(kGiB + 2 * kMiB);         // composite: its 1 GiB page and one 2 MiB page
+  t.pool->free(gap.ptr);
+  for (const Block& x : {a, b, small, big}) fill(x, x.size, 0x5a);
+  ForkCopies copies(t.os);
+  t.pool->lock_all();
+  copies.prepare(*t.pool);
+  // Pages 0-1 (a), 3 (b) and 4 (the slab) of the 2 MiB segment; the composite's two pages.
+  CHECK(copies.copied_bytes() == 4 * k2MiB + kGiB + k2MiB);
+  for (const Block& x : {a, b, small, big}) fill(x, x.size, 0x11);  // the parent writes after the copy
+  copies.in_child();                           // the child's view: the data as at the copy
+  t.pool->unlock_all();
+  for (const Block& x : {a, b, small, big}) CHECK(intact(x, x.size, 0x5a));
+  for (const Block& x : {a, b, small, big}) CHECK(t.pool->free(x.ptr) > 0);
+  t.check_empty();
+}
+
 void test_eight_threads_allocating_and_freeing_across_threads() {
   TestPool t(2, 4096, 0);
   constexpr int kThreads = 8;
@@ -314,6 +339,7 @@ int main() {
       TEST(test_max_cached_zero_gives_whole_segments_back_on_free),
       TEST(test_blocks_on_four_nodes_go_back_to_their_own_heaps),
       TEST(test_after_fork_the_child_never_reuses_inherited_memory_and_unmaps_it_when_freed),
+      TEST(test_fork_copies_cover_every_live_huge_page_and_carry_its_data),
       TEST(test_eight_threads_allocating_and_freeing_across_threads),
 #undef TEST
   };
