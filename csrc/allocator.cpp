@@ -48,12 +48,21 @@ HugePageAllocator& HugePageAllocator::get() {
   static HugePageAllocator* self = [] {
     auto* a = new HugePageAllocator();
     g_self = a;
-    // Note [Fork] (pool.h).
-    pthread_atfork([] { g_self->pool_.lock_all(); }, [] { g_self->pool_.unlock_all(); },
-                   [] {
-                     g_self->pool_.unlock_all();
-                     g_self->pool_.forget_after_fork();
-                   });
+    // Note [Fork] (pool.h), Note [Fork copies] (fork_copy.h).
+    pthread_atfork(
+        [] {
+          g_self->pool_.lock_all();
+          g_self->fork_copies_.prepare(g_self->pool_);
+        },
+        [] {
+          g_self->fork_copies_.in_parent();
+          g_self->pool_.unlock_all();
+        },
+        [] {
+          g_self->fork_copies_.in_child();
+          g_self->pool_.unlock_all();
+          g_self->pool_.forget_after_fork();
+        });
     return a;
   }();
   return *self;
@@ -63,6 +72,7 @@ HugePageAllocator::HugePageAllocator()
     : os_(real_os()),
       topology_(os_),
       pool_(os_, topology_, /*arena_slot=*/0),
+      fork_copies_(os_),
       min_size_(Settings{}.min_size),
       huge_1g_min_size_(Settings{}.huge_1g_min_size),
       kinds_(Settings{}.kinds),

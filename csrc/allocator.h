@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "fork_copy.h"
 #include "placement.h"
 #include "pool.h"
 #include "os.h"
@@ -84,6 +85,7 @@ class HugePageAllocator final : public c10::Allocator {
   Os& os_;
   Topology topology_;
   Pool pool_;
+  ForkCopies fork_copies_;  // used by the fork handlers only
   std::atomic<bool> serving_{false};
   std::atomic<size_t> min_size_;
   std::atomic<size_t> huge_1g_min_size_;

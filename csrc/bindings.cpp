@@ -227,8 +227,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "The size class (bytes) a small request of `n` bytes is served from");
 
   auto t = m.def_submodule("testing", "Test and benchmark hooks: a pool over a fake OS, hot-path timing");
+  // Without the GIL: other Python threads run meanwhile (a fork test forks while it allocates).
   t.def("time_alloc_free", &hpa::time_alloc_free, py::arg("which"), py::arg("nbytes"),
-        py::arg("rounds") = 31, py::arg("pairs") = 10000);
+        py::arg("rounds") = 31, py::arg("pairs") = 10000, py::call_guard<py::gil_scoped_release>());
   py::class_<hpa::FakePool>(t, "FakePool")
       .def(py::init<int, int, int64_t, int64_t, bool>(), py::arg("nodes") = 1, py::arg("cpus_per_node") = 2,
            py::arg("pages_2m") = 0, py::arg("pages_1g") = 0, py::arg("thp") = true)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 namespace hpa {
 
@@ -34,8 +35,10 @@ MapResult FakeOs::take(size_t size, size_t align, size_t head_1g, bool hugetlb) 
   if (need_2m > total_free(PageKind::kHugetlb2M) - reserved_2m_ ||
       need_1g > total_free(PageKind::kHugetlb1G) - reserved_1g_)
     return {nullptr, ENOMEM};
-  void* memory = std::aligned_alloc(align, size);
-  if (memory == nullptr) return {nullptr, ENOMEM};
+  // posix_memalign, not aligned_alloc: a composite size (1 GiB + a 2 MiB tail) is not a multiple
+  // of its alignment, which aligned_alloc does not allow.
+  void* memory = nullptr;
+  if (posix_memalign(&memory, align, size) != 0) return {nullptr, ENOMEM};
   reserved_2m_ += need_2m;
   reserved_1g_ += need_1g;
   const size_t chunks = size / k2MiB;
@@ -114,6 +117,17 @@ int FakeOs::unmap(void* addr, size_t size) {
     mappings_.erase(it);
   }
   return 0;
+}
+
+MapResult FakeOs::map_copy(const void* src, size_t size) {
+  MapResult r = map(PageKind::kBase, (size + k2MiB - 1) / k2MiB * k2MiB);
+  if (r.addr != nullptr) std::memcpy(r.addr, src, size);
+  return r;
+}
+
+int FakeOs::move_mapping(void* from, void* to, size_t size) {
+  std::memmove(to, from, size);
+  return unmap(from, (size + k2MiB - 1) / k2MiB * k2MiB);
 }
 
 namespace {

@@ -33,6 +33,9 @@ class FakeOs final : public Os {
   int populate(void* addr, size_t size) override;
   int set_policy(void* addr, size_t size, MemPolicy policy, NodeMask nodes) override;
   int thread_policy(MemPolicy* policy, NodeMask* nodes) override;
+  // A copy in a mapping of its own; moved "over" a range, it is copied back and unmapped.
+  MapResult map_copy(const void* src, size_t size) override;
+  int move_mapping(void* from, void* to, size_t size) override;
   int current_cpu() override { return cpu_; }
   int read_file(const char* path, std::string* out) override;
 

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT 26
@@ -117,6 +118,18 @@ class LinuxOs final : public Os {
   }
 
   int unmap(void* addr, size_t size) override { return munmap(addr, size) == 0 ? 0 : errno; }
+
+  MapResult map_copy(const void* src, size_t size) override {
+    MapResult r = map_aligned_anonymous(size, k2MiB);
+    if (r.addr == nullptr) return r;
+    (void)madvise(r.addr, size, MADV_HUGEPAGE);  // best effort: ordinary pages do as well
+    std::memcpy(r.addr, src, size);
+    return r;
+  }
+
+  int move_mapping(void* from, void* to, size_t size) override {
+    return mremap(from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED ? errno : 0;
+  }
 
   int populate(void* addr, size_t size) override {
     // Retry on EINTR / EAGAIN: the kernel may give up part way under contention.

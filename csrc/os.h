@@ -84,6 +84,15 @@ class Os {
   // created it and a process from `numactl`: kDefault when none was set. Returns an errno value.
   virtual int thread_policy(MemPolicy* policy, NodeMask* nodes) = 0;
 
+  // Maps `size` bytes of private anonymous memory (2 MiB aligned, MADV_HUGEPAGE) holding a copy of
+  // the `size` bytes at `src`. For Note [Fork copies] (fork_copy.h).
+  virtual MapResult map_copy(const void* src, size_t size) = 0;
+
+  // Moves the mapping at `from` to `to` (mremap MREMAP_FIXED), replacing whatever was mapped
+  // there, hugetlb pages included. REQUIRES: both ranges 2 MiB aligned (1 GiB where `to` is on
+  // 1 GiB pages). Returns an errno value, 0 on success.
+  virtual int move_mapping(void* from, void* to, size_t size) = 0;
+
   // The CPU the calling thread runs on, or -1 when unknown. Cheap: served by rseq / vDSO.
   virtual int current_cpu() = 0;
 

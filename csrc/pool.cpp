@@ -142,8 +142,13 @@ void Pool::put_slab(Span* s) {
 size_t Pool::release() {
   arena_.release();
   size_t bytes = 0;
-  for (int node : heap_nodes_)
-    for (int k = 0; k < kNumPageKinds; ++k) bytes += heap(node, static_cast<PageKind>(k)).release_free_segments();
+  for (int node : heap_nodes_) {
+    for (int k = 0; k < kNumPageKinds; ++k) {
+      SpanHeap& h = heap(node, static_cast<PageKind>(k));
+      bytes += h.release_free_segments();
+      h.end_backoff();
+    }
+  }
   return bytes;
 }
 
@@ -176,6 +181,14 @@ void Pool::unlock_all() {
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().unlock();
   arena_.unlock_all();
+}
+
+HugetlbPages Pool::hugetlb_pages() const {
+  HugetlbPages n;
+  for (int node : heap_nodes_)
+    for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M})
+      heaps_[node * kNumPageKinds + static_cast<int>(k)]->count_pages(&n.pages_2m, &n.pages_1g);
+  return n;
 }
 
 void Pool::forget_after_fork() {

@@ -47,6 +47,11 @@ using KindMask = uint8_t;
 constexpr KindMask kind_bit(PageKind k) { return static_cast<KindMask>(1u << static_cast<int>(k)); }
 constexpr KindMask kAllKinds = (1u << kNumPageKinds) - 1;
 
+struct HugetlbPages {
+  int64_t pages_2m = 0;
+  int64_t pages_1g = 0;
+};
+
 struct Block {
   void* ptr = nullptr;
   size_t size = 0;  // bytes the block holds: its size class or its span
@@ -74,7 +79,8 @@ class Pool final : private SlabSource, private IdleGauge {
   size_t block_size(const void* p) const;
 
   // Gives back all idle memory that can be given back: the calling thread's small-object cache,
-  // fully free slabs, fully free segments. Returns the bytes unmapped.
+  // fully free slabs, fully free segments; and ends every heap's back-off, so that pages that came
+  // back meanwhile are used at once. Returns the bytes unmapped.
   size_t release();
 
   // The kinds small requests' slabs may come from (bit of 1 GiB ignored).
@@ -97,6 +103,15 @@ class Pool final : private SlabSource, private IdleGauge {
   void lock_all();
   void unlock_all();
   void forget_after_fork();  // in the child, after unlock_all()
+
+  // For Note [Fork copies] (fork_copy.h). REQUIRES: lock_all() held.
+  HugetlbPages hugetlb_pages() const;
+  template <typename Fn>
+  void for_each_live_hugetlb_range(Fn&& fn) const {
+    for (int node : heap_nodes_)
+      for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M})
+        heaps_[node * kNumPageKinds + static_cast<int>(k)]->for_each_live_range(fn);
+  }
 
  private:
   Span* get_slab(int node, size_t units) override;

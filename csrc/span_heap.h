@@ -148,6 +148,12 @@ class SpanHeap {
   void free(Span* s);
   // Unmaps every fully free segment. Returns the bytes unmapped.
   size_t release_free_segments();
+  // Asks the kernel again at the next request that needs to grow (empty_cache(): pages may have
+  // come back from elsewhere, not only from this heap).
+  void end_backoff() {
+    std::lock_guard<SpinLock> lock(mu_);
+    backoff_.reset();
+  }
 
   PoolStats stats() const;
   void reset_peaks();
@@ -159,6 +165,42 @@ class SpanHeap {
   // child, forget_after_fork() (after unlock, one thread) stops reusing inherited memory.
   SpinLock& mutex() { return mu_; }
   void forget_after_fork();
+
+  // For Note [Fork copies] (fork_copy.h). REQUIRES: lock held.
+  // Pages of 2 MiB and of 1 GiB mapped by this heap.
+  void count_pages(int64_t* pages_2m, int64_t* pages_1g) const {
+    for (const Segment* seg = segments_; seg != nullptr; seg = seg->next) {
+      *pages_1g += static_cast<int64_t>(seg->head_1g / kGiB);
+      *pages_2m += static_cast<int64_t>((seg->size - seg->head_1g) / k2MiB);
+    }
+  }
+  // Calls fn(begin, size) for every run of whole huge pages that holds a span in use.
+  template <typename Fn>
+  void for_each_live_range(Fn&& fn) const {
+    for (const Segment* seg = segments_; seg != nullptr; seg = seg->next) {
+      const uintptr_t end = seg->start + seg->size, head_end = seg->start + seg->head_1g;
+      auto page_of = [&](uintptr_t a) { return a < head_end ? kGiB : k2MiB; };
+      uintptr_t run_begin = 0, run_end = 0;
+      for (uintptr_t a = seg->start; a < end;) {
+        const Span* s = map_.get(a);
+        if (s == nullptr || s->begin() != a || s->units == 0) break;  // not a span start: stop here
+        if (s->state.load(std::memory_order_relaxed) != SpanState::kFree) {
+          const uintptr_t b = s->begin() & ~(uintptr_t{page_of(s->begin())} - 1);
+          const uintptr_t last = s->end() - 1;
+          const uintptr_t e = (last & ~(uintptr_t{page_of(last)} - 1)) + page_of(last);
+          if (run_end != 0 && b <= run_end) {
+            run_end = std::max(run_end, e);
+          } else {
+            if (run_end != 0) fn(run_begin, run_end - run_begin);
+            run_begin = b;
+            run_end = e;
+          }
+        }
+        a = s->end();
+      }
+      if (run_end != 0) fn(run_begin, run_end - run_begin);
+    }
+  }
 
  private:
   // Maps a segment; returns the free span covering it, not yet in the heap. No lock held.

@@ -252,6 +252,8 @@ def _load(config: Any) -> dict[str, Any]:
         raise ConfigError(f"config must be a dict, an inline 'key:value,...' string, a preset name or a "
                           f"TOML file path, not {type(config).__name__}")
     text = os.fspath(config)
+    if "\x00" in text:
+        raise ConfigError(f"config {text!r} has a NUL character: it is neither settings nor a file path")
     if _PRESET_RE.match(text) and not os.path.exists(text):
         if text not in presets():
             raise ConfigError(f"config {text!r} is neither a preset ({', '.join(presets())}) nor a file")
@@ -277,22 +279,29 @@ def resolve(config: Any = None, overrides: Mapping[str, Any] | None = None,
     ``environ`` is the environment to read (os.environ when None).
     """
     raw = _load(config)
+    origin: dict[str, str] = {}  # where a value came from, for its error: the environment
     env_text = (os.environ if environ is None else environ).get(ENV_CONF, "").strip()
     if env_text:
         try:
-            raw.update(_load(env_text))
+            from_env = _load(env_text)
         except ConfigError as e:
             raise ConfigError(f"{ENV_CONF}={env_text!r}: {e}") from None
+        raw.update(from_env)
+        origin = dict.fromkeys(from_env, f"{ENV_CONF}={env_text!r}: ")
+    for name in overrides or {}:
+        origin.pop(name, None)
     raw.update(overrides or {})
     values = {s.name: s.default for s in SETTINGS}
     for name, value in raw.items():
-        setting = _BY_NAME.get(name)
+        setting = _BY_NAME.get(name) if isinstance(name, str) else None
         if setting is None:
-            raise _unknown(name)
+            error = _unknown(name)
+            raise ConfigError(f"{origin.get(name, '')}{error}") from None
         try:
             values[name] = setting.parse(value)
         except ValueError as e:
-            raise ConfigError(f"bad value for setting {name!r}: {e}; allowed: {setting.allowed}") from None
+            raise ConfigError(f"{origin.get(name, '')}bad value for setting {name!r}: {e}; "
+                              f"allowed: {setting.allowed}") from None
     if values["max_cached"] is not None and values["prefault"] > values["max_cached"]:
         raise ConfigError(f"prefault ({values['prefault']} bytes) is more than max_cached "
                           f"({values['max_cached']} bytes) keeps: it would be given back at once")

@@ -119,6 +119,21 @@ def test_a_refused_kind_backs_off_instead_of_asking_the_kernel_every_time(pool):
     assert pool.map_calls - calls < 200
 
 
+def test_empty_cache_ends_the_back_off_of_a_heap_with_nothing_idle(pool):
+    """Pages that came back from elsewhere are found at the next request after release() (what
+    empty_cache() calls), even by a heap that had no idle segment of its own to give back."""
+    pool.set_free_pages(M2, 16)
+    held = pool.alloc(32 * M)                        # every page, in use
+    refused = [pool.alloc(4 * M) for _ in range(8)]  # THP, and the 2 MiB heap backs off
+    assert pool.stats()["allocated_bytes.thp.current"] == 8 * 4 * M
+    pool.set_free_pages(M2, 64)                      # another process gave pages back
+    pool.release()
+    c = pool.alloc(4 * M)
+    assert pool.stats()["allocated_bytes.hugetlb_2M.current"] == 32 * M + 4 * M
+    for b in [held, c, *refused]:
+        pool.free(b[0])
+
+
 def test_idle_huge_pages_are_given_back_to_serve_a_request_that_does_not_fit(pool):
     pool.set_free_pages(M2, 20)                      # 40 MiB
     a = pool.alloc(20 * M)                           # a 32 MiB segment: 16 pages

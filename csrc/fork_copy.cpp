@@ -1,0 +1,61 @@
+#include "fork_copy.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "pool.h"
+
+namespace hpa {
+namespace {
+
+// Free huge pages of a size that a new fault may take (free and not promised to a reservation).
+int64_t unreserved_free(Os& os, const char* size_dir) {
+  std::string free_text, resv_text;
+  const std::string base = std::string("/sys/kernel/mm/hugepages/") + size_dir + "/";
+  if (os.read_file((base + "free_hugepages").c_str(), &free_text) != 0) return 0;
+  if (os.read_file((base + "resv_hugepages").c_str(), &resv_text) != 0) return 0;
+  return std::strtoll(free_text.c_str(), nullptr, 10) - std::strtoll(resv_text.c_str(), nullptr, 10);
+}
+
+}  // namespace
+
+void ForkCopies::prepare(Pool& pool) {
+  copies_.clear();
+  copied_bytes_ = 0;
+  const HugetlbPages mapped = pool.hugetlb_pages();
+  if (mapped.pages_2m == 0 && mapped.pages_1g == 0) return;
+  if (unreserved_free(os_, "hugepages-2048kB") >= mapped.pages_2m &&
+      (mapped.pages_1g == 0 || unreserved_free(os_, "hugepages-1048576kB") >= mapped.pages_1g))
+    return;  // every copy-on-write the parent could cause finds a page
+  bool failed = false;
+  pool.for_each_live_hugetlb_range([&](uintptr_t begin, size_t size) {
+    if (failed) return;
+    void* target = reinterpret_cast<void*>(begin);
+    MapResult r = os_.map_copy(target, size);
+    if (r.addr == nullptr) {
+      failed = true;
+      return;
+    }
+    copies_.push_back({target, r.addr, size});
+    copied_bytes_ += size;
+  });
+  if (failed) drop();
+}
+
+void ForkCopies::drop() {
+  for (const Copy& c : copies_) os_.unmap(c.copy, c.size);
+  copies_.clear();
+  copied_bytes_ = 0;
+}
+
+void ForkCopies::in_parent() {
+  for (const Copy& c : copies_) os_.unmap(c.copy, c.size);
+  copies_.clear();
+}
+
+void ForkCopies::in_child() {
+  for (const Copy& c : copies_) (void)os_.move_mapping(c.copy, c.target, c.size);
+  copies_.clear();
+}
+
+}  // namespace hpa
