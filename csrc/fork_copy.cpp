@@ -17,6 +17,33 @@ int64_t unreserved_free(Os& os, const char* size_dir) {
   return std::strtoll(free_text.c_str(), nullptr, 10) - std::strtoll(resv_text.c_str(), nullptr, 10);
 }
 
+// Free huge pages of a size on one node (the kernel keeps no per-node count of reservations).
+int64_t node_free(Os& os, int node, const char* size_dir) {
+  std::string text;
+  const std::string path = "/sys/devices/system/node/node" + std::to_string(node) + "/hugepages/" +
+                           size_dir + "/free_hugepages";
+  if (os.read_file(path.c_str(), &text) != 0) return 0;
+  return std::strtoll(text.c_str(), nullptr, 10);
+}
+
+// Whether the free pages can cover a copy of every hugetlb page the pool has mapped. A segment
+// bound to a node takes its copies from that node (the mapping's policy), so on a machine of
+// several nodes each node must cover its own heaps too.
+bool copies_covered(Os& os, const Pool& pool) {
+  const HugetlbPages mapped = pool.hugetlb_pages();
+  if (unreserved_free(os, "hugepages-2048kB") < mapped.pages_2m ||
+      (mapped.pages_1g > 0 && unreserved_free(os, "hugepages-1048576kB") < mapped.pages_1g))
+    return false;
+  if (pool.topology().num_nodes() == 1) return true;
+  for (int node : pool.topology().nodes()) {
+    const HugetlbPages on = pool.hugetlb_pages(node);
+    if ((on.pages_2m > 0 && node_free(os, node, "hugepages-2048kB") < on.pages_2m) ||
+        (on.pages_1g > 0 && node_free(os, node, "hugepages-1048576kB") < on.pages_1g))
+      return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void ForkCopies::prepare(Pool& pool) {
@@ -24,9 +51,7 @@ void ForkCopies::prepare(Pool& pool) {
   copied_bytes_ = 0;
   const HugetlbPages mapped = pool.hugetlb_pages();
   if (mapped.pages_2m == 0 && mapped.pages_1g == 0) return;
-  if (unreserved_free(os_, "hugepages-2048kB") >= mapped.pages_2m &&
-      (mapped.pages_1g == 0 || unreserved_free(os_, "hugepages-1048576kB") >= mapped.pages_1g))
-    return;  // every copy-on-write the parent could cause finds a page
+  if (copies_covered(os_, pool)) return;  // every copy-on-write the parent could cause finds a page
   bool failed = false;
   pool.for_each_live_hugetlb_range([&](uintptr_t begin, size_t size) {
     if (failed) return;

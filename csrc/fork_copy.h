@@ -12,8 +12,9 @@
 //
 // In the prepare handler (all pool locks held), the parent counts the hugetlb pages it has mapped,
 // which are all the copies its writes could need, against the kernel's free unreserved pages of
-// each size. If they suffice, nothing is done: the child shares the pages, and the common case
-// costs two small sysfs reads per fork. If not, every huge page that holds a block in use is
+// each size (and, on a machine of several nodes, each node's heaps against that node's free
+// pages: a bound segment's copies come from its node). If they suffice, nothing is done: the
+// child shares the pages, and the common case costs a few small sysfs reads per fork. If not, every huge page that holds a block in use is
 // copied onto ordinary anonymous memory (THP-advised) before fork(); after fork() the child moves
 // each copy over the hugetlb range at the same address (mremap), so it holds private pages that no
 // copy-on-write concerns, and the parent unmaps its side. The parent's pages are no longer shared,

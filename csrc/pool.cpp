@@ -183,10 +183,11 @@ void Pool::unlock_all() {
   arena_.unlock_all();
 }
 
-HugetlbPages Pool::hugetlb_pages() const {
+HugetlbPages Pool::hugetlb_pages(int only) const {
   HugetlbPages n;
   for (int node : heap_nodes_)
-    for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M})
+    if (only < 0 || node == only)
+      for (PageKind k : {PageKind::kHugetlb1G, PageKind::kHugetlb2M})
       heaps_[node * kNumPageKinds + static_cast<int>(k)]->count_pages(&n.pages_2m, &n.pages_1g);
   return n;
 }

@@ -105,7 +105,8 @@ class Pool final : private SlabSource, private IdleGauge {
   void forget_after_fork();  // in the child, after unlock_all()
 
   // For Note [Fork copies] (fork_copy.h). REQUIRES: lock_all() held.
-  HugetlbPages hugetlb_pages() const;
+  // Hugetlb pages mapped by the heaps of `node` (-1: all heaps, kInterleaveNode included).
+  HugetlbPages hugetlb_pages(int node = -1) const;
   template <typename Fn>
   void for_each_live_hugetlb_range(Fn&& fn) const {
     for (int node : heap_nodes_)

@@ -154,3 +154,33 @@ def test_numactl_interleave_is_followed(session_pools):
         print("followed", hpa.placement(), p.kernel_page_kb, sorted(p.pages))
     """)
     assert "followed interleave:0-1 2048 [0, 1]" in out, out
+
+
+def test_a_forked_child_survives_the_parents_writes_when_only_its_node_is_dry(hpa, node_pools):
+    """Copy-on-write of a segment bound to node 1 needs a free page on node 1: free pages on node 0
+    do not help. With node 1 dry, the parent's write after fork() would take the page from the
+    child (SIGBUS at its next read) unless the fork copies were made."""
+    import ctypes
+    import signal
+
+    hpa.empty_cache()
+    weights = on_cpu(1, lambda: filled(8 * MIB))
+    assert set(placed(weights).pages) == {1}
+    node_pools.set_free(1, 0)
+    assert kernel.node_pool(0, "2M", "free_hugepages") >= 16, "node 0 has pages to spare"
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no torch operator (libgomp), only reads
+        try:
+            os.read(go_r, 1)
+            ok = ctypes.string_at(weights.data_ptr(), 8 * MIB) == b"\x01" * (8 * MIB)
+            os._exit(0 if ok else 3)
+        except BaseException:  # noqa: BLE001
+            os._exit(4)
+    weights.fill_(2)                             # the parent updates its weights
+    os.write(go_w, b"x")
+    _, status = os.waitpid(pid, 0)
+    os.close(go_r), os.close(go_w)
+    assert not os.WIFSIGNALED(status) or os.WTERMSIG(status) != signal.SIGBUS, "the child died of SIGBUS"
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
+    assert int(weights.sum()) == 2 * 8 * MIB
