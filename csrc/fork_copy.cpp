@@ -14,7 +14,11 @@ int64_t unreserved_free(Os& os, const char* size_dir) {
   const std::string base = std::string("/sys/kernel/mm/hugepages/") + size_dir + "/";
   if (os.read_file((base + "free_hugepages").c_str(), &free_text) != 0) return 0;
   if (os.read_file((base + "resv_hugepages").c_str(), &resv_text) != 0) return 0;
-  return std::strtoll(free_text.c_str(), nullptr, 10) - std::strtoll(resv_text.c_str(), nullptr, 10);
+  const unsigned long long free = std::strtoull(free_text.c_str(), nullptr, 10);
+  const unsigned long long resv = std::strtoull(resv_text.c_str(), nullptr, 10);
+  // The kernel's reservation counter has been seen to underflow (2**64 - 11): a count beyond the
+  // free pages is not believed.
+  return static_cast<int64_t>(resv <= free ? free - resv : free);
 }
 
 // Free huge pages of a size on one node (the kernel keeps no per-node count of reservations).
