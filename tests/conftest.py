@@ -31,7 +31,7 @@ class HugePagePools:
 
     def ensure_free(self, size: str, pages: int) -> None:
         """At least `pages` free pages of `size`; skips the test when the system cannot give them."""
-        free = kernel.pool(size, "free_hugepages") - kernel.pool(size, "resv_hugepages")
+        free = kernel.unreserved_free(size)
         if free >= pages:
             return
         if not _can_write_pools():
