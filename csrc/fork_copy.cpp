@@ -9,6 +9,9 @@ namespace hpa {
 namespace {
 
 // Free huge pages of a size that a new fault may take (free and not promised to a reservation).
+// Reserved pages are free pages, so resv_hugepages never exceeds free_hugepages; a larger value is
+// the kernel's counter gone below zero (seen on Linux 6.18 as 18446744073709551605) and is read
+// as no reservation.
 int64_t unreserved_free(Os& os, const char* size_dir) {
   std::string free_text, resv_text;
   const std::string base = std::string("/sys/kernel/mm/hugepages/") + size_dir + "/";
@@ -16,8 +19,6 @@ int64_t unreserved_free(Os& os, const char* size_dir) {
   if (os.read_file((base + "resv_hugepages").c_str(), &resv_text) != 0) return 0;
   const unsigned long long free = std::strtoull(free_text.c_str(), nullptr, 10);
   const unsigned long long resv = std::strtoull(resv_text.c_str(), nullptr, 10);
-  // The kernel's reservation counter has been seen to underflow (2**64 - 11): a count beyond the
-  // free pages is not believed.
   return static_cast<int64_t>(resv <= free ? free - resv : free);
 }
 

@@ -46,8 +46,7 @@ class HugePagePools:
 
     def ensure_free(self, size: str, pages: int) -> None:
         """At least `pages` free pages of `size`; skips the test when the system cannot give them."""
-        free, resv = kernel.pool(size, "free_hugepages"), kernel.pool(size, "resv_hugepages")
-        free -= resv if resv <= free else 0  # the kernel's counter can underflow (seen: 2**64 - 11)
+        free = kernel.unreserved_free(size)
         if free >= pages:
             return
         if not _can_write_pools():

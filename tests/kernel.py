@@ -47,6 +47,14 @@ def pool(size: str, field: str) -> int:
         return int(f.read())
 
 
+def unreserved_free(size: str) -> int:
+    """Free pages of `size` that a new mapping may take: free_hugepages less resv_hugepages. A
+    resv_hugepages above free_hugepages is the kernel's counter gone below zero (seen on Linux 6.18
+    as 2**64 - 11) and is read as no reservation."""
+    free, resv = pool(size, "free_hugepages"), pool(size, "resv_hugepages")
+    return free - resv if resv <= free else free
+
+
 def set_pool(size: str, pages: int) -> int:
     """Asks the kernel for `pages` persistent huge pages of `size`; returns how many it has now."""
     with open(os.path.join(HUGEPAGES, SIZE_DIRS[size], "nr_hugepages"), "w") as f:

@@ -95,9 +95,11 @@ TRAINING = """
     reference, _ = train(STEPS, lambda step: None)
     hog = []
     def take_every_free_page():
-        free = kernel.pool("2M", "free_hugepages") - kernel.pool("2M", "resv_hugepages")
+        free = kernel.unreserved_free("2M")
         if free > 0:
             m = mmap.mmap(-1, free << 21, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)  # MAP_HUGETLB
+            for offset in range(0, free << 21, 2 << 20):
+                m[offset] = 1                # faulted in: taken, not only reserved
             hog.append(m)
 """
 

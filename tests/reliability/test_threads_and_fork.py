@@ -75,21 +75,32 @@ FORK_CHURN = """
 
 
 def test_forty_forks_while_other_threads_allocate_give_every_child_a_working_allocator(pools, python):
-    """A pool lock inherited held would hang the child at its first allocation (SIGALRM then)."""
+    """A pool lock inherited held would hang the child; a child not done within 30 s is killed
+    and counted as hung (so that a broken build leaves no process behind)."""
     pools.ensure_free("2M", 128)
     r = python(setup=FORK_CHURN, code="""
+        import time
+        def wait(pid, seconds=30):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return status
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hung"
         statuses = []
         for k in range(40):
             pid = os.fork()
             if pid == 0:
-                signal.alarm(30)
                 ok = True
                 for n in (100, 5000, 200 << 10, 4 << 20, 34 << 20):
                     t = torch.empty(n, dtype=torch.uint8)
                     t.fill_(5)
                     ok = ok and int(t[0]) == 5 and int(t[-1]) == 5
                 os._exit(0 if ok else 1)
-            statuses.append(os.waitpid(pid, 0)[1])
+            statuses.append(wait(pid))
         stop.set()
         for w in workers: w.join()
         report(statuses=statuses)
