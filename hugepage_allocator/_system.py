@@ -66,8 +66,11 @@ def pool_dir(size_kb: int, node: int | None = None) -> str:
 
 def pool(size_kb: int, node: int | None = None) -> Pool:
     d = pool_dir(size_kb, node)
-    return Pool(size_kb, node, _int(os.path.join(d, "nr_hugepages")), _int(os.path.join(d, "free_hugepages")),
-                _int(os.path.join(d, "resv_hugepages")) if node is None else 0,
+    free = _int(os.path.join(d, "free_hugepages"))
+    resv = _int(os.path.join(d, "resv_hugepages")) if node is None else 0
+    # Reserved pages are free pages; a count beyond them is the kernel's counter gone below zero
+    # (seen as 2**64 - 11), shown as 0 rather than as eighteen quintillion.
+    return Pool(size_kb, node, _int(os.path.join(d, "nr_hugepages")), free, resv if resv <= free else 0,
                 _int(os.path.join(d, "surplus_hugepages")))
 
 
