@@ -1,0 +1,130 @@
+"""The pytest side of a benchmark: worker processes per allocator, the huge pages they need, and
+the results of one run, side by side."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import allocators
+import workloads
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "worker.py")
+
+
+class Unavailable(Exception):
+    """This allocator configuration cannot run on this machine (a library is missing)."""
+
+
+class Worker:
+    """A worker process running one workload under one allocator configuration, with the huge
+    pages it needs reserved for as long as it lives."""
+
+    def __init__(self, work: workloads.Workload, alloc: allocators.Allocator, case: str | None) -> None:
+        env, why = allocators.environment(alloc, work.prefault)
+        if env is None:
+            raise Unavailable(why)
+        self._stack = contextlib.ExitStack()
+        self.pages = self._reserve(work, alloc)
+        cmd = [sys.executable, WORKER, work.name] + ([case] if case else []) + (["--quick"] if work.quick else [])
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        try:
+            self.info = self._read()["ready"]
+        except BaseException:
+            self.close()
+            raise
+
+    def _reserve(self, work, alloc) -> dict:
+        need = work.hugetlb_need()
+        got = {}
+        if "1G" in alloc.hugetlb:
+            got = self._stack.enter_context(allocators.reserved({"1G": need["1G"]})) if need["1G"] else {}
+            # What 1 GiB pages the kernel could not give, 2 MiB pages stand in for.
+            short = max(0, need["1G"] - got.get("1G", 0) * allocators.PAGE_BYTES["1G"])
+            got.update(self._stack.enter_context(allocators.reserved({"2M": need["2M beside 1G"] + short})))
+        elif "2M" in alloc.hugetlb:
+            got = self._stack.enter_context(allocators.reserved({"2M": need["2M"]}))
+        return got
+
+    def _read(self) -> dict:
+        line = self._proc.stdout.readline()
+        if not line:
+            rc = self._proc.wait()
+            raise RuntimeError(f"worker exited with status {rc} (its stderr is above)")
+        return json.loads(line)
+
+    def _send(self, obj) -> dict:
+        self._proc.stdin.write(json.dumps(obj) + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def round(self, case: str) -> dict:
+        return self._send({"op": "round", "case": case})
+
+    def finish(self) -> dict:
+        return self._send({"op": "finish"})
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._stack.close()
+
+
+class Workers:
+    """Keeps at most one worker alive: the next request for another (workload, allocator) pair
+    ends the current one, so huge pages are reserved for one configuration at a time."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._worker: Worker | None = None
+
+    def get(self, work, alloc, case) -> Worker:
+        key = (work.name, alloc.name, case if work.process_per != "group" else None, work.quick)
+        if key != self._key or work.process_per == "round":
+            self.close()
+            self._worker = Worker(work, alloc, key[2])
+            self._key = key
+        return self._worker
+
+    def close(self) -> None:
+        if self._worker is not None:
+            w, self._worker, self._key = self._worker, None, None
+            w.close()
+
+
+def summarize(values: list[float], percentiles: bool) -> dict:
+    out = {"median": statistics.median(values), "n": len(values)}
+    if percentiles and len(values) >= 2:
+        qs = statistics.quantiles(values, n=100, method="inclusive")
+        out["p50"], out["p99"] = qs[49], qs[98]
+        out["first"] = values[0]
+    return out
+
+
+class Results:
+    """Everything one run measured: results[group][case][allocator] = {metric: summary, ...}."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self.info: dict = {}       # (group, allocator) -> facts the worker reported
+        self.skipped: dict = {}    # allocator -> why it did not run
+
+    def add(self, work, case, alloc, samples: list[dict], info: dict) -> None:
+        per = {}
+        for m in next(c for c in work.cases if c.name == case).metrics:
+            per[m.key] = summarize([s[m.key] for s in samples], getattr(work, "percentiles", False))
+            per[m.key]["samples"] = [s[m.key] for s in samples]
+        self.data.setdefault(work.name, {}).setdefault(case, {})[alloc.name] = per
+        self.info.setdefault(work.name, {}).setdefault(alloc.name, {}).update(info)
+
+    def to_json(self) -> dict:
+        return {"results": self.data, "info": self.info, "skipped": self.skipped}
