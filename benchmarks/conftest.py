@@ -56,7 +56,7 @@ def measure(benchmark, quick):
 
         def start():
             state["worker"] = _WORKERS.get(work, alloc, case)
-            info.update(state["worker"].info, **{f"free {k} pages": v for k, v in state["worker"].pages.items()})
+            info.update(state["worker"].info, **{f"free {k} pages": v for k, v in _WORKERS.pages.items()})
             return (), {}
 
         def one_round():
@@ -66,7 +66,9 @@ def measure(benchmark, quick):
             if work.process_per == "round":
                 def finish_round():
                     one_round()
-                    info.update(state["worker"].finish())
+                    for k, v in state["worker"].finish().items():  # a process a round: keep each's
+                        seen = info[k].split(", ") if k in info else []
+                        info[k] = ", ".join(seen if v in seen else seen + [v])
                 benchmark.pedantic(finish_round, setup=start, rounds=rounds, iterations=1)
             else:
                 start()
@@ -78,8 +80,10 @@ def measure(benchmark, quick):
             _RESULTS.skipped[alloc_name] = str(e)
             pytest.skip(f"{alloc_name}: {e}")
         finally:
-            if work.process_per != "group" or case == work.cases[-1].name:
+            if work.process_per == "case" or case == work.cases[-1].name:
                 _WORKERS.close()
+            elif work.process_per == "round":
+                _WORKERS.close_worker()
         _RESULTS.add(work, case, alloc, samples, info)
         benchmark.extra_info.update({m: s["median"] for m, s in _RESULTS.data[group][case][alloc_name].items()})
 

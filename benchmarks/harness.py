@@ -28,8 +28,6 @@ class Worker:
         env, why = allocators.environment(alloc, work.prefault)
         if env is None:
             raise Unavailable(why)
-        self._stack = contextlib.ExitStack()
-        self.pages = self._reserve(work, alloc)
         cmd = [sys.executable, WORKER, work.name] + ([case] if case else []) + (["--quick"] if work.quick else [])
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         try:
@@ -37,18 +35,6 @@ class Worker:
         except BaseException:
             self.close()
             raise
-
-    def _reserve(self, work, alloc) -> dict:
-        need = work.hugetlb_need()
-        got = {}
-        if "1G" in alloc.hugetlb:
-            got = self._stack.enter_context(allocators.reserved({"1G": need["1G"]})) if need["1G"] else {}
-            # What 1 GiB pages the kernel could not give, 2 MiB pages stand in for.
-            short = max(0, need["1G"] - got.get("1G", 0) * allocators.PAGE_BYTES["1G"])
-            got.update(self._stack.enter_context(allocators.reserved({"2M": need["2M beside 1G"] + short})))
-        elif "2M" in alloc.hugetlb:
-            got = self._stack.enter_context(allocators.reserved({"2M": need["2M"]}))
-        return got
 
     def _read(self) -> dict:
         line = self._proc.stdout.readline()
@@ -76,29 +62,54 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        self._stack.close()
+
+
+def _reserve(stack: contextlib.ExitStack, work, alloc) -> dict:
+    """Reserves the huge pages a configuration needs for a workload; returns the free pages."""
+    need = work.hugetlb_need()
+    if "1G" in alloc.hugetlb:
+        got = stack.enter_context(allocators.reserved({"1G": need["1G"]}))
+        # What 1 GiB pages the kernel could not give, 2 MiB pages stand in for.
+        short = max(0, need["1G"] - got.get("1G", 0) * allocators.PAGE_BYTES["1G"])
+        return {**got, **stack.enter_context(allocators.reserved({"2M": need["2M beside 1G"] + short}))}
+    if "2M" in alloc.hugetlb:
+        return stack.enter_context(allocators.reserved({"2M": need["2M"]}))
+    return {}
 
 
 class Workers:
     """Keeps at most one worker alive: the next request for another (workload, allocator) pair
-    ends the current one, so huge pages are reserved for one configuration at a time."""
+    ends the current one. The huge pages of a (workload, allocator) pair are reserved once for
+    all its workers (one per case or per round), so one configuration holds pages at a time."""
 
     def __init__(self) -> None:
         self._key = None
         self._worker: Worker | None = None
+        self._pages_key = None
+        self._pages = contextlib.ExitStack()
+        self.pages: dict = {}
 
     def get(self, work, alloc, case) -> Worker:
         key = (work.name, alloc.name, case if work.process_per != "group" else None, work.quick)
         if key != self._key or work.process_per == "round":
-            self.close()
+            self.close_worker()
+            if key[:2] + key[3:] != self._pages_key:
+                self._pages.close()
+                self.pages = _reserve(self._pages, work, alloc)
+                self._pages_key = key[:2] + key[3:]
             self._worker = Worker(work, alloc, key[2])
             self._key = key
         return self._worker
 
-    def close(self) -> None:
+    def close_worker(self) -> None:
         if self._worker is not None:
             w, self._worker, self._key = self._worker, None, None
             w.close()
+
+    def close(self) -> None:
+        self.close_worker()
+        self._pages.close()
+        self._pages_key = None
 
 
 def summarize(values: list[float], percentiles: bool) -> dict:

@@ -220,9 +220,11 @@ def aims(results) -> list[tuple[str, str]]:
                 continue
             out.append((f"gather {case}, {hpa}: at least 1.4x faster than the default",
                         _verdict(d / ms >= 1.4, f"{d / ms:.2f}x")))
-            best = min((r("gather", case, o, "ms"), o) for o in thp if r("gather", case, o, "ms") is not None)
-            out.append((f"gather {case}, {hpa}: no slower than THP (best: {best[1]})",
-                        _verdict(ms <= best[0], f"{best[0] / ms:.2f}x")))
+            thps = [(r("gather", case, o, "ms"), o) for o in thp if r("gather", case, o, "ms") is not None]
+            if thps:
+                best = min(thps)
+                out.append((f"gather {case}, {hpa}: no slower than THP (best: {best[1]})",
+                            _verdict(ms <= best[0], f"{best[0] / ms:.2f}x")))
     d = r("first_touch", "fresh tensor", "default", "ms")
     for hpa in ("hpa-2M", "hpa-1G"):
         ms = r("first_touch", "fresh tensor", hpa, "ms")

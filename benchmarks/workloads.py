@@ -1,8 +1,8 @@
 """The workloads, run inside a worker process (benchmarks/worker.py) under one allocator.
 
 A workload group has cases; a worker sets a group (or one case of it) up once and then runs rounds
-on request, each round returning its measures as numbers (times from `time.perf_counter_ns` or from
-C++, page faults from `ru_minflt`). Nothing here knows which allocator serves it: that is the
+on request, each round returning its measures as numbers (times as the process's CPU time, see
+Clock, or from C++; page faults from `ru_minflt`). PyTorch runs on one thread. Nothing here knows which allocator serves it: that is the
 process's environment. Sizes shrink under `quick` so that the smoke test runs in minutes.
 
 This module imports torch only inside the functions, so the pytest side can read the case lists.
@@ -10,7 +10,6 @@ This module imports torch only inside the functions, so the pytest side can read
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
 import time
 
@@ -94,9 +93,23 @@ class Workload:
 
 
 def _set_threads() -> None:
+    # One thread: the figures are CPU time (below), which is what a shared machine can measure
+    # steadily; with one thread it is also the time the work takes when nothing else runs.
     import torch
 
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(1)
+
+
+class Clock:
+    """A round's time as this process's CPU time (user + system, so page faults and the kernel's
+    zeroing count; waiting for a CPU that another job holds does not), and as wall time."""
+
+    def __init__(self) -> None:
+        self.cpu0, self.wall0 = time.process_time_ns(), time.perf_counter_ns()
+
+    def ms(self) -> dict:
+        return {"ms": (time.process_time_ns() - self.cpu0) / 1e6,
+                "wall_ms": (time.perf_counter_ns() - self.wall0) / 1e6}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,10 +149,10 @@ class HotPath(Workload):
             return {"ns": self.time_alloc_free(self.which, n, rounds=1, pairs=pairs)[0]}
         calls = 500 if self.quick else 2000
         empty, uint8 = self.torch.empty, self.torch.uint8
-        t0 = time.perf_counter_ns()
+        t0 = time.process_time_ns()
         for _ in range(calls):
             empty(n, dtype=uint8)
-        return {"ns": (time.perf_counter_ns() - t0) / calls}
+        return {"ns": (time.process_time_ns() - t0) / calls}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +197,7 @@ class Churn(Workload):
     def run(self, case):
         empty, f32 = self.torch.empty, self.torch.float32
         f0 = minflt()
-        t0 = time.perf_counter_ns()
+        clock = Clock()
         acts = []
         for n in self.sizes:
             t = empty(n // 4, dtype=f32)
@@ -195,8 +208,7 @@ class Churn(Workload):
             g = empty(a.numel(), dtype=f32)
             g.fill_(2.0)
             del g, a
-        ms = (time.perf_counter_ns() - t0) / 1e6
-        return {"ms": ms, "faults": minflt() - f0}
+        return {**clock.ms(), "faults": minflt() - f0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,13 +257,12 @@ class FirstTouch(Workload):
     def run(self, case):
         torch = self.torch
         f0 = minflt()
-        t0 = time.perf_counter_ns()
+        clock = Clock()
         x = torch.empty(self.nbytes, dtype=torch.uint8)
         self._touch(x)
-        ms = (time.perf_counter_ns() - t0) / 1e6
-        faults = minflt() - f0
+        out = {**clock.ms(), "faults": minflt() - f0}
         self.pages = pages_of(x)
-        return {"ms": ms, "faults": faults}
+        return out
 
     def finish(self):
         return {"pages": self.pages}
@@ -306,12 +317,12 @@ class Gather(Workload):
 
     def run(self, case):
         torch = self.torch
-        t0 = time.perf_counter_ns()
+        clock = Clock()
         if case == "index_select":
             torch.index_select(self.table, 0, self.idx, out=self.out)
         else:
             torch.nn.functional.embedding_bag(self.idx, self.table, self.offsets, mode="sum")
-        return {"ms": (time.perf_counter_ns() - t0) / 1e6}
+        return clock.ms()
 
     def finish(self):
         return {"table pages": pages_of(self.table)}
@@ -428,10 +439,10 @@ class Training(Workload):
 
     def run(self, case):
         f0 = minflt()
-        t0 = time.perf_counter_ns()
+        clock = Clock()
         self.step_fn()
-        s = (time.perf_counter_ns() - t0) / 1e9
-        return {"steps_per_s": 1 / s, "faults": minflt() - f0}
+        t = clock.ms()
+        return {"steps_per_s": 1000 / t["ms"], "wall_ms": t["wall_ms"], "faults": minflt() - f0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,11 +486,11 @@ class Inference(Workload):
         self.i += 1
         tokens = torch.randint(8192, (1, n))
         f0 = minflt()
-        t0 = time.perf_counter_ns()
+        clock = Clock()
         with torch.inference_mode():
             logits = self.model(tokens)
             del logits
-        return {"ms": (time.perf_counter_ns() - t0) / 1e6, "faults": minflt() - f0}
+        return {**clock.ms(), "faults": minflt() - f0}
 
 
 GROUPS = {w.name: w for w in (HotPath, Churn, FirstTouch, Gather, Training, Inference)}
