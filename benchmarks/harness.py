@@ -69,8 +69,8 @@ def _reserve(stack: contextlib.ExitStack, work, alloc) -> dict:
     need = work.hugetlb_need()
     if "1G" in alloc.hugetlb:
         got = stack.enter_context(allocators.reserved({"1G": need["1G"]}))
-        # What 1 GiB pages the kernel could not give, 2 MiB pages stand in for.
-        short = max(0, need["1G"] - got.get("1G", 0) * allocators.PAGE_BYTES["1G"])
+        # Short of 1 GiB pages, tensors meant for them go to 2 MiB pages, each whole.
+        short = need["1G"] if got.get("1G", 0) * allocators.PAGE_BYTES["1G"] < need["1G"] else 0
         return {**got, **stack.enter_context(allocators.reserved({"2M": need["2M beside 1G"] + short}))}
     if "2M" in alloc.hugetlb:
         return stack.enter_context(allocators.reserved({"2M": need["2M"]}))
@@ -110,6 +110,13 @@ class Workers:
         self.close_worker()
         self._pages.close()
         self._pages_key = None
+
+
+def expected_pages(alloc: allocators.Allocator) -> str | None:
+    """How the kernel should back a workload's big tensor under this configuration."""
+    if "1G" in alloc.hugetlb:
+        return "1G"
+    return "2M" if alloc.hugetlb else None
 
 
 def summarize(values: list[float], percentiles: bool) -> dict:

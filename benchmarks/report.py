@@ -133,14 +133,14 @@ def _shared_label(work: workloads.Workload) -> str | None:
     return None
 
 
-_PAGE_KEYS = ("table pages", "pages")
+PAGE_KEYS = ("table pages", "pages")
 
 
 def table(results, group: str, quick: bool) -> list[list[str]]:
     work = workloads.GROUPS[group](quick)
     data = results.data.get(group, {})
     cols = _columns(work)
-    page_key = next((k for k in _PAGE_KEYS if any(k in i for i in results.info.get(group, {}).values())), None)
+    page_key = next((k for k in PAGE_KEYS if any(k in i for i in results.info.get(group, {}).values())), None)
     rows = [["allocator"] + [h for h, *_ in cols] + (["kernel pages"] if page_key else [])]
     for a in allocators.for_workload(group):
         if not any(a.name in data.get(c.name, {}) for c in work.cases):
@@ -159,6 +159,44 @@ def table(results, group: str, quick: bool) -> list[list[str]]:
             row.append(cell)
         if page_key:
             row.append(results.info.get(group, {}).get(a.name, {}).get(page_key, ""))
+        rows.append(row)
+    return rows
+
+
+# The summary: one column per workload's headline figure.
+SUMMARY = [
+    ("churn", "step", "ms", "median", "churn: ms/step"),
+    ("churn", "step", "faults", "median", "churn: faults/step"),
+    ("first_touch", "fresh tensor", "ms", "median", "first touch: ms"),
+    ("gather", "index_select", "ms", "median", "index_select: ms"),
+    ("gather", "EmbeddingBag sum", "ms", "median", "EmbeddingBag: ms"),
+    ("training", "recommendation", "steps_per_s", "median", "recsys: steps/s"),
+    ("training", "transformer", "steps_per_s", "median", "transformer: steps/s"),
+    ("inference", "request", "ms", "p50", "inference p50: ms"),
+    ("inference", "request", "ms", "p99", "inference p99: ms"),
+]
+
+
+def summary(results, quick: bool) -> list[list[str]]:
+    cols = []
+    for group, case, key, stat, header in SUMMARY:
+        by = results.data.get(group, {}).get(case)
+        if by:
+            metric = next(m for c in workloads.GROUPS[group].cases if c.name == case for m in c.metrics if m.key == key)
+            cols.append((by, metric, stat, header))
+    rows = [["allocator"] + [h for *_, h in cols]]
+    for a in allocators.ALLOCATORS:
+        if not any(a.name in by for by, *_ in cols):
+            continue
+        row = [a.name]
+        for by, m, stat, _ in cols:
+            if a.name not in by:
+                row.append("")
+                continue
+            v = by[a.name][m.key][stat]
+            base = by.get(allocators.BASELINE)
+            row.append(fmt(v) + (" " + ratio_text(m, v, base[m.key][stat])
+                                 if base is not None and a.name != allocators.BASELINE else ""))
         rows.append(row)
     return rows
 
@@ -323,6 +361,10 @@ def write(results, folder: str, quick: bool) -> str:
         why = results.skipped.get(a.name)
         lines.append(f"- `{a.name}`: {a.about}" + (f" (not run: {why})" if why else ""))
     lines += ["", RATIO_NOTE, ""]
+    rows = summary(results, quick)
+    if len(rows[0]) > 1:
+        lines += ["## Summary", "", "Headline figure of each workload (the sections below have the rest).", "",
+                  markdown_table(rows), ""]
     found = aims(results)
     if found:
         lines += ["## Aims", ""] + [f"- {aim}: {verdict}" for aim, verdict in found] + [""]

@@ -29,7 +29,7 @@ def describe() -> dict:
     """What serves this process's allocations, as the process itself sees it."""
     import torch
 
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {"torch": torch.__version__}
     preload = os.environ.get("LD_PRELOAD")
     if preload:
         info["preloaded"] = _loaded(os.path.basename(preload))
@@ -60,6 +60,9 @@ def main() -> None:
     work = workloads.GROUPS[args.group](args.quick)
     info = describe()
     info.update(work.setup(args.case))
+    import torch
+
+    info["threads"] = torch.get_num_threads()
     send({"ready": info})
     for line in sys.stdin:
         cmd = json.loads(line)
