@@ -112,6 +112,13 @@ def pool_count(size: str, field: str) -> int:
         return 0
 
 
+def available(size: str) -> int:
+    """Free pages not promised to a mapping. resv_hugepages is ignored when it is beyond the pool:
+    the kernel's counter can underflow (it has been seen at 2**64 - 11)."""
+    free, resv = pool_count(size, "free_hugepages"), pool_count(size, "resv_hugepages")
+    return free - resv if 0 <= resv <= free else free
+
+
 def can_reserve() -> bool:
     return os.access(_pool_path("2M", "nr_hugepages"), os.W_OK)
 
@@ -167,12 +174,12 @@ def reserved(need: dict, warm: bool = True):
             if nbytes <= 0:
                 continue
             pages = -(-nbytes // PAGE_BYTES[size])
-            free = pool_count(size, "free_hugepages") - pool_count(size, "resv_hugepages")
+            free = available(size)
             if free < pages and can_reserve():
                 before = pool_count(size, "nr_hugepages")
                 _set_pool(size, before + pages - free)
                 added[size] = pool_count(size, "nr_hugepages") - before
-            got[size] = pool_count(size, "free_hugepages") - pool_count(size, "resv_hugepages")
+            got[size] = available(size)
             if warm:
                 _warm(size, min(pages, got[size]))
         yield got
