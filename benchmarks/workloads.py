@@ -235,7 +235,8 @@ class FirstTouch(Workload):
     def about(self):
         return (f"The first tensor of a fresh process, {self.nbytes // MiB} MiB: `torch.empty`, then one byte "
                 f"written per 4 KiB page; the time includes the kernel's page faults and zeroing. Each round "
-                f"is a new process.")
+                f"is a new process. Huge pages reserved for a configuration were faulted in once before "
+                f"its first round, as a pool reserved ahead of a job has been.")
 
     def hugetlb_need(self):
         return {"2M": self.prefault + 64 * MiB, "1G": self.nbytes, "2M beside 1G": 64 * MiB}
