@@ -7,6 +7,11 @@ The native core (hugepage_allocator._C) is loaded on first use, not at import.
 """
 from __future__ import annotations
 
+# torch first: under HUGEPAGE_ALLOCATOR=1, `import torch` ends by calling this package's autoload
+# entry point, which needs _api complete. Imported from _api instead, torch would call it while
+# _api is still half-imported, and the allocator would not be installed.
+import torch  # noqa: F401
+
 from ._api import (
     empty,
     empty_cache,

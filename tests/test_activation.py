@@ -39,6 +39,14 @@ def test_on_the_scripts_first_tensor_is_on_huge_pages(pools):
     assert result(run({"HUGEPAGE_ALLOCATOR": "1"})) == {"kps": 2048, "native_loaded": True}
 
 
+def test_on_when_the_script_imports_this_package_before_torch(pools):
+    pools.ensure_free("2M", 32)
+    code = SCRIPT.replace("import torch\n", "import hugepage_allocator\nimport torch\n")
+    proc = run({"HUGEPAGE_ALLOCATOR": "1"}, code)
+    assert "not installed" not in proc.stderr, proc.stderr
+    assert result(proc) == {"kps": 2048, "native_loaded": True}
+
+
 def test_off_or_unset_nothing_is_loaded():
     for env in ({}, {"HUGEPAGE_ALLOCATOR": "0"}, {"HUGEPAGE_ALLOCATOR": ""}):
         assert result(run(env)) == {"kps": 4, "native_loaded": False}, env
