@@ -1,7 +1,10 @@
 // Records of the pool: a Segment is one mapping taken from the kernel; a Span is a run of 64 KiB
 // units inside one segment, free, handed out whole (a large block), or cut into equal objects
 // (a slab of the small arena). Records are recycled, never freed while the pool lives, so a
-// lock-free reader holding a stale pointer reads a valid (if outdated) record.
+// lock-free reader holding a stale pointer reads a valid (if outdated) record. A recycled record
+// is reset() before it is handed out again: nothing of its previous life may leak into the next
+// (a segment dropped in a fork child once passed its `inherited` mark on to the child's next
+// segment, whose frees then corrupted the heap).
 #pragma once
 
 #include <atomic>
@@ -24,6 +27,8 @@ struct Segment {
   bool inherited = false;
   Segment* prev = nullptr;  // the heap's list of segments
   Segment* next = nullptr;
+
+  void reset() { *this = Segment{}; }
 };
 
 enum class SpanState : uint8_t { kFree = 0, kLarge = 1, kSlab = 2 };
@@ -46,6 +51,21 @@ struct Span {
   uint32_t capacity = 0;
   uint8_t size_class = 0;
   bool in_partial = false;       // on its size class's list of slabs with free objects
+
+  // Every field to its initial value; the atomics by store, as a stale reader may still look.
+  void reset() {
+    start.store(0, std::memory_order_relaxed);
+    state.store(SpanState::kFree, std::memory_order_relaxed);
+    units = 0;
+    segment = nullptr;
+    prev = next = nullptr;
+    requested = 0;
+    free_objects = nullptr;
+    bump = 0;
+    object_size = live = capacity = 0;
+    size_class = 0;
+    in_partial = false;
+  }
 
   uintptr_t begin() const { return start.load(std::memory_order_relaxed); }
   uintptr_t end() const { return begin() + units * kUnit; }

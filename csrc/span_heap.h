@@ -50,6 +50,7 @@ class FreeSpans {
 };
 
 // Records handed out and taken back by one owner (under its lock); chunks are freed with it.
+// get() hands out a record reset to its initial state (T::reset()).
 template <typename T>
 class RecordPool {
  public:
@@ -63,7 +64,7 @@ class RecordPool {
     if (spare_ == nullptr && !grow()) return nullptr;
     T* r = spare_;
     spare_ = r->next;
-    r->next = nullptr;
+    r->reset();
     return r;
   }
   void put(T* r) {

@@ -245,6 +245,30 @@ def test_after_fork_the_child_never_reuses_inherited_memory(pool):
     pool.free(c)
 
 
+def test_after_fork_memory_mapped_in_the_child_is_reused_there(pool):
+    """A segment idle at fork is dropped and its record recycled: the child's next segment must not
+    take the 'inherited' mark from it (it once did, and the child's frees then corrupted the heap)."""
+    a, _ = pool.alloc(4 * M)
+    small, _ = pool.alloc(512)
+    pool.free(a)
+    pool.free(small)                                  # the segment is idle, still mapped
+    pool.fork_child()                                 # dropped in the child, its record recycled
+    assert pool.live_mappings == 0
+    blocks = [pool.alloc(1 * M)[0] for _ in range(8)]
+    objs = [pool.alloc(512)[0] for _ in range(8)]
+    maps = pool.map_calls
+    for b in blocks[::2]:
+        assert pool.free(b) == 1 * M
+    again = [pool.alloc(1 * M)[0] for _ in range(4)]
+    assert sorted(again) == sorted(blocks[::2]), "spans freed in the child serve it again"
+    for o in objs:
+        assert pool.free(o) == 512
+    assert [pool.alloc(512)[0] for _ in range(8)] != [None] * 8
+    assert pool.map_calls == maps, "no new segment: the child's own segment is reused"
+    for b in blocks[1::2] + again:
+        assert pool.free(b) == 1 * M, "every block is still recognised as the pool's"
+
+
 def test_after_fork_freeing_inherited_small_objects_writes_nothing_to_them(pool):
     """Writing a free-list link into shared memory would copy its huge page: a SIGBUS risk."""
     import ctypes
