@@ -2,9 +2,10 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
-#include <pthread.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -48,21 +49,7 @@ HugePageAllocator& HugePageAllocator::get() {
   static HugePageAllocator* self = [] {
     auto* a = new HugePageAllocator();
     g_self = a;
-    // Note [Fork] (pool.h), Note [Fork copies] (fork_copy.h).
-    pthread_atfork(
-        [] {
-          g_self->pool_.lock_all();
-          g_self->fork_copies_.prepare(g_self->pool_);
-        },
-        [] {
-          g_self->fork_copies_.in_parent();
-          g_self->pool_.unlock_all();
-        },
-        [] {
-          g_self->fork_copies_.in_child();
-          g_self->pool_.unlock_all();
-          g_self->pool_.forget_after_fork();
-        });
+    ForkHandler::register_atfork(&a->fork_);
     return a;
   }();
   return *self;
@@ -72,7 +59,7 @@ HugePageAllocator::HugePageAllocator()
     : os_(real_os()),
       topology_(os_),
       pool_(os_, topology_, /*arena_slot=*/0),
-      fork_copies_(os_),
+      fork_(os_, pool_),
       min_size_(Settings{}.min_size),
       huge_1g_min_size_(Settings{}.huge_1g_min_size),
       kinds_(Settings{}.kinds),
@@ -186,10 +173,33 @@ void HugePageAllocator::delete_ptr(void* ptr) {
   HugePageAllocator& self = *g_self;
   const size_t size = self.pool_.free(ptr);
   if (size == 0) {
-    self.previous_deleter_.load(std::memory_order_relaxed)(ptr);  // not ours: made before install()
+    self.delete_foreign(ptr);
     return;
   }
   if (c10::memoryProfilingEnabled()) report_to_profiler(ptr, -static_cast<int64_t>(size), self.pool_.global_stats());
+}
+
+void HugePageAllocator::delete_foreign(void* ptr) {
+  // Note [Foreign pointers].
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(ptr);
+  const char* why = nullptr;
+  if (pool_.holds(ptr)) {
+    why = "it is not a block in use";
+  } else if (pool_.source().retired().find(addr).second != 0 && !os_.is_mapped(ptr)) {
+    why = "nothing is mapped there any more";
+  }
+  if (why == nullptr) {
+    previous_deleter_.load(std::memory_order_relaxed)(ptr);  // not ours: made before install()
+    return;
+  }
+  const std::string message = "hugepage_allocator: fatal: a tensor's memory at " +
+                              c10::str(ptr) + " was freed through this allocator, but " + why +
+                              ": " + pool_.describe(ptr) +
+                              ". Likely a double free or a pointer into the middle of a block. "
+                              "Stopping here: handing it to another allocator would corrupt that "
+                              "allocator's heap far from the cause.\n";
+  (void)!::write(STDERR_FILENO, message.data(), message.size());
+  std::abort();
 }
 
 void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& given) {

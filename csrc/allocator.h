@@ -11,6 +11,16 @@
 // deleter. uninstall() therefore never puts the previous allocator back (glibc would then be
 // handed our pointers): it stops serving from the pool and forwards new requests to the
 // previous allocator, while our deleter stays in charge of every pointer.
+//
+// Note [Foreign pointers]
+// A pointer the pool does not recognise as a block in use goes to the previous allocator only if
+// it could be that allocator's. It cannot be when it lies inside a segment the pool maps now (a
+// double free, a pointer into a block, or a pool bug), nor when it lies in a range the pool gave
+// back to the kernel and nothing is mapped there now (a block freed after its memory went back).
+// Handing either to glibc corrupts its heap or aborts it far from the cause, so the deleter stops
+// the process at once with a message naming the address and what the pool knows of it
+// (Pool::describe). The check costs nothing for our own blocks; a foreign pointer pays one page-map
+// read and a scan of the last 64 ranges given back (and, only inside one of those, a mincore).
 #pragma once
 
 #include <c10/core/Allocator.h>
@@ -19,7 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "fork_copy.h"
+#include "fork.h"
 #include "placement.h"
 #include "pool.h"
 #include "os.h"
@@ -49,7 +59,8 @@ class HugePageAllocator final : public c10::Allocator {
 
   // One block of exactly `kind` on `node`, no fallback; out-of-memory error if none can be had.
   c10::DataPtr allocate_on(size_t nbytes, PageKind kind, int node);
-  // Frees a pointer of ours or, if foreign, hands it to the previous allocator's deleter.
+  // Frees a pointer of ours or, if foreign, hands it to the previous allocator's deleter; stops
+  // the process on a pointer that can be neither's (Note [Foreign pointers]).
   static void delete_ptr(void* ptr);
 
   // Makes this the process's CPU allocator (c10::SetCPUAllocator) and starts serving from the
@@ -81,11 +92,13 @@ class HugePageAllocator final : public c10::Allocator {
   Route route_for(size_t nbytes) const;
   c10::DataPtr wrap(const Block& b);
   [[noreturn]] void out_of_memory(size_t nbytes, int node, const Plan& plan);
+  // A pointer that is not ours: to the previous allocator, or a fatal stop.
+  void delete_foreign(void* ptr);
 
   Os& os_;
   Topology topology_;
   Pool pool_;
-  ForkCopies fork_copies_;  // used by the fork handlers only
+  ForkHandler fork_;  // Note [Fork] (fork.h)
   std::atomic<bool> serving_{false};
   std::atomic<size_t> min_size_;
   std::atomic<size_t> huge_1g_min_size_;

@@ -144,6 +144,7 @@ class FakePool {
     const int slot = SmallArena::claim_slot();
     TORCH_CHECK(slot > 0, "FakePool: at most ", SmallArena::kMaxArenas - 1, " test pools at once");
     pool_ = std::make_unique<Pool>(os_, topology_, slot);
+    fork_ = std::make_unique<ForkHandler>(os_, *pool_);
   }
 
   // (address, block size) or None when nothing can serve it: a request from a CPU of `node`,
@@ -177,16 +178,27 @@ class FakePool {
 
   Pool& pool() { return *pool_; }
   FakeOs& os() { return os_; }
-  void fork_child() {  // what the child-side fork handlers do
-    pool_->lock_all();
-    pool_->unlock_all();
-    pool_->forget_after_fork();
+  // A fork() of which this process plays the child, or the parent: the handlers the process
+  // allocator registers with pthread_atfork (fork.h), run around no real fork. Returns the bytes
+  // copied for the child (Note [Fork copies]).
+  size_t fork_child() {
+    fork_->before();
+    const size_t copied = fork_->copied_bytes();
+    fork_->in_child();
+    return copied;
+  }
+  size_t fork_parent() {
+    fork_->before();
+    const size_t copied = fork_->copied_bytes();
+    fork_->in_parent();
+    return copied;
   }
 
  private:
   FakeOs os_;
   Topology topology_;
   std::unique_ptr<Pool> pool_;
+  std::unique_ptr<ForkHandler> fork_;
   Placement placement_;
 };
 
@@ -230,6 +242,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Without the GIL: other Python threads run meanwhile (a fork test forks while it allocates).
   t.def("time_alloc_free", &hpa::time_alloc_free, py::arg("which"), py::arg("nbytes"),
         py::arg("rounds") = 31, py::arg("pairs") = 10000, py::call_guard<py::gil_scoped_release>());
+  t.def("delete_ptr", [](uintptr_t ptr) { HugePageAllocator::delete_ptr(reinterpret_cast<void*>(ptr)); },
+        "Calls the allocator's deleter on `ptr`, as PyTorch does when a storage dies (tests only: "
+        "a wrong pointer stops the process)");
   py::class_<hpa::FakePool>(t, "FakePool")
       .def(py::init<int, int, int64_t, int64_t, bool>(), py::arg("nodes") = 1, py::arg("cpus_per_node") = 2,
            py::arg("pages_2m") = 0, py::arg("pages_1g") = 0, py::arg("thp") = true)
@@ -241,7 +256,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("stats", [](hpa::FakePool& p) { return hpa::pool_stats(p.pool()); })
       .def("set_max_cached", [](hpa::FakePool& p, size_t n) { p.pool().set_max_cached(n); })
       .def("bind_thread_cache", [](hpa::FakePool& p, int node) { p.pool().bind_thread_cache(node); })
-      .def("fork_child", &hpa::FakePool::fork_child)
+      .def("fork_child", &hpa::FakePool::fork_child,
+           "Runs the fork handlers as the child would see them; returns the bytes copied for it")
+      .def("fork_parent", &hpa::FakePool::fork_parent,
+           "Runs the fork handlers as the parent would see them; returns the bytes copied for the child")
+      .def("describe", [](hpa::FakePool& p, uintptr_t addr) { return p.pool().describe(reinterpret_cast<void*>(addr)); })
+      .def("holds", [](hpa::FakePool& p, uintptr_t addr) { return p.pool().holds(reinterpret_cast<void*>(addr)); })
       .def("set_placement", &hpa::FakePool::set_placement, py::arg("mode"), py::arg("nodes") = 0)
       .def("set_thread_policy", [](hpa::FakePool& p, int policy, uint64_t nodes) {
         TORCH_CHECK_VALUE(policy >= 0 && policy <= 3, "set_thread_policy: policy 0..3");

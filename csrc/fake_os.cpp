@@ -243,6 +243,19 @@ std::pair<MemPolicy, NodeMask> FakeOs::policy_of(uintptr_t addr) const {
   return {found->second.policy, found->second.policy_nodes};
 }
 
+int64_t FakeOs::hugetlb_free(PageKind kind, int node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (node >= 0) return node < nodes_ ? (kind == PageKind::kHugetlb1G ? free_1g_ : free_2m_)[node] : 0;
+  return total_free(kind) - (kind == PageKind::kHugetlb1G ? reserved_1g_ : reserved_2m_);
+}
+
+bool FakeOs::is_mapped(const void* addr) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  auto found = find(a);
+  return found != mappings_.end() && !found->second.gone[(a - found->first) / k2MiB];
+}
+
 int FakeOs::read_file(const char* path, std::string* out) {
   const std::string p = path;
   if (p == "/sys/devices/system/node/online") {

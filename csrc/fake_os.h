@@ -36,6 +36,8 @@ class FakeOs final : public Os {
   // A copy in a mapping of its own; moved "over" a range, it is copied back and unmapped.
   MapResult map_copy(const void* src, size_t size) override;
   int move_mapping(void* from, void* to, size_t size) override;
+  int64_t hugetlb_free(PageKind kind, int node) override;
+  bool is_mapped(const void* addr) override;
   int current_cpu() override { return cpu_; }
   int read_file(const char* path, std::string* out) override;
 

@@ -10,7 +10,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT 26
@@ -174,6 +176,31 @@ class LinuxOs final : public Os {
       default: *policy = MemPolicy::kDefault; *nodes = 0; break;
     }
     return 0;
+  }
+
+  int64_t hugetlb_free(PageKind kind, int node) override {
+    const char* dir = kind == PageKind::kHugetlb1G ? "hugepages-1048576kB" : "hugepages-2048kB";
+    std::string text;
+    if (node >= 0) {
+      const std::string path = "/sys/devices/system/node/node" + std::to_string(node) + "/hugepages/" + dir +
+                               "/free_hugepages";
+      return read_file(path.c_str(), &text) == 0 ? std::strtoll(text.c_str(), nullptr, 10) : 0;
+    }
+    const std::string base = std::string("/sys/kernel/mm/hugepages/") + dir + "/";
+    if (read_file((base + "free_hugepages").c_str(), &text) != 0) return 0;
+    const unsigned long long free = std::strtoull(text.c_str(), nullptr, 10);
+    if (read_file((base + "resv_hugepages").c_str(), &text) != 0) return 0;
+    const unsigned long long resv = std::strtoull(text.c_str(), nullptr, 10);
+    // Reserved pages are free pages, so resv_hugepages never exceeds free_hugepages; a larger
+    // value is the kernel's counter gone below zero (seen on Linux 6.18 as
+    // 18446744073709551605) and is read as no reservation.
+    return static_cast<int64_t>(resv <= free ? free - resv : free);
+  }
+
+  bool is_mapped(const void* addr) override {
+    const uintptr_t page = reinterpret_cast<uintptr_t>(addr) & ~uintptr_t{4095};
+    unsigned char resident;
+    return mincore(reinterpret_cast<void*>(page), 1, &resident) == 0 || errno != ENOMEM;
   }
 
   int current_cpu() override { return sched_getcpu(); }

@@ -85,13 +85,22 @@ class Os {
   virtual int thread_policy(MemPolicy* policy, NodeMask* nodes) = 0;
 
   // Maps `size` bytes of private anonymous memory (2 MiB aligned, MADV_HUGEPAGE) holding a copy of
-  // the `size` bytes at `src`. For Note [Fork copies] (fork_copy.h).
+  // the `size` bytes at `src`. For Note [Fork copies] (fork.h).
   virtual MapResult map_copy(const void* src, size_t size) = 0;
 
   // Moves the mapping at `from` to `to` (mremap MREMAP_FIXED), replacing whatever was mapped
   // there, hugetlb pages included. REQUIRES: both ranges 2 MiB aligned (1 GiB where `to` is on
   // 1 GiB pages). Returns an errno value, 0 on success.
   virtual int move_mapping(void* from, void* to, size_t size) = 0;
+
+  // Free huge pages of `kind` (kHugetlb2M or kHugetlb1G) that a new mapping may take: on `node`,
+  // or over the whole system when `node` is -1 (there, less the pages promised to reservations;
+  // the kernel keeps no per-node count of those). 0 when the kernel does not say.
+  virtual int64_t hugetlb_free(PageKind kind, int node) = 0;
+
+  // Whether any mapping of this process holds `addr` (mincore). For the deleter's diagnosis of a
+  // pointer that is not ours (Note [Foreign pointers], allocator.h): not on any fast path.
+  virtual bool is_mapped(const void* addr) = 0;
 
   // The CPU the calling thread runs on, or -1 when unknown. Cheap: served by rseq / vDSO.
   virtual int current_cpu() = 0;

@@ -11,14 +11,46 @@
 // off for the process (sticky) rather than risk the signal.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <utility>
 
 #include "os.h"
+#include "page_map.h"
 #include "placement.h"
 #include "topology.h"
 
 namespace hpa {
+
+// The last kSlots ranges the pool gave back to the kernel, kept lock-free (one word per range) for
+// the deleter's diagnosis of a pointer that is no longer ours (Note [Foreign pointers],
+// allocator.h). Older ranges are forgotten: the record says "we unmapped this", never "we did not".
+class RetiredRanges {
+ public:
+  static constexpr int kSlots = 64;
+  // REQUIRES: start and size multiples of 64 KiB, start below 2^48.
+  void add(uintptr_t start, size_t size) {
+    const uint64_t units = std::min<uint64_t>(size >> kUnitShift, UINT32_MAX);
+    const uint64_t word = (static_cast<uint64_t>(start >> kUnitShift) << 32) | units;
+    slots_[next_.fetch_add(1, std::memory_order_relaxed) % kSlots].store(word, std::memory_order_release);
+  }
+  // The recorded range holding `addr`, as {start, size}; {0, 0} when none does.
+  std::pair<uintptr_t, size_t> find(uintptr_t addr) const {
+    for (const auto& slot : slots_) {
+      const uint64_t word = slot.load(std::memory_order_acquire);
+      const uintptr_t start = static_cast<uintptr_t>(word >> 32) << kUnitShift;
+      const size_t size = static_cast<size_t>(word & UINT32_MAX) << kUnitShift;
+      if (size != 0 && addr >= start && addr - start < size) return {start, size};
+    }
+    return {0, 0};
+  }
+
+ private:
+  std::atomic<uint64_t> slots_[kSlots] = {};
+  std::atomic<uint32_t> next_{0};
+};
 
 class PageSource {
  public:
@@ -38,7 +70,12 @@ class PageSource {
   // Failures are recorded against the 1 GiB kind.
   MapResult obtain_composite(size_t head, size_t tail, int node);
 
-  int unmap(void* addr, size_t size) { return os_.unmap(addr, size); }
+  // Gives a range (or a 2 MiB aligned tail of one) back to the kernel, and remembers it.
+  int unmap(void* addr, size_t size) {
+    retired_.add(reinterpret_cast<uintptr_t>(addr), size);
+    return os_.unmap(addr, size);
+  }
+  const RetiredRanges& retired() const { return retired_; }
 
   // How memory mapped from now on is bound: THP and base memory to its node only (`strict`, for
   // bind placements) or preferably; interleaved memory over `interleave_nodes`.
@@ -71,6 +108,7 @@ class PageSource {
   std::atomic<bool> strict_fallback_{false};
   std::atomic<NodeMask> interleave_nodes_{0};
   std::atomic<bool> binding_usable_{true};
+  RetiredRanges retired_;
 };
 
 }  // namespace hpa

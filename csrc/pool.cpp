@@ -1,5 +1,8 @@
 #include "pool.h"
 
+#include <cinttypes>
+#include <cstdio>
+
 namespace hpa {
 
 Pool::Pool(Os& os, const Topology& topology, int arena_slot)
@@ -7,13 +10,13 @@ Pool::Pool(Os& os, const Topology& topology, int arena_slot)
       source_(os, topology),
       heap_nodes_(topology.nodes()),
       heaps_(new std::unique_ptr<SpanHeap>[static_cast<size_t>(kMaxNodes + 1) * kNumPageKinds]),
-      arena_(*this, map_, topology, arena_slot) {
+      arena_(*this, maps_.spans, topology, arena_slot) {
   const IdleGauge& idle = *this;
   if (topology_.num_nodes() > 1) heap_nodes_.push_back(kInterleaveNode);
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k)
       heaps_[node * kNumPageKinds + k] = std::make_unique<SpanHeap>(
-          static_cast<PageKind>(k), node, source_, map_, global_, max_cached_, idle);
+          static_cast<PageKind>(k), node, source_, maps_, global_, max_cached_, idle);
 }
 
 Pool::~Pool() = default;  // the arena goes first (declared last), then the heaps unmap
@@ -79,7 +82,7 @@ Span* Pool::large(size_t nbytes, const Route& route, const Plan& plan, bool forc
 }
 
 size_t Pool::free(void* p) {
-  Span* s = map_.get(reinterpret_cast<uintptr_t>(p));
+  Span* s = maps_.spans.get(reinterpret_cast<uintptr_t>(p));
   if (s == nullptr) return 0;
   const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   switch (s->state.load(std::memory_order_acquire)) {
@@ -104,7 +107,7 @@ size_t Pool::free(void* p) {
 }
 
 size_t Pool::block_size(const void* p) const {
-  const Span* s = map_.get(reinterpret_cast<uintptr_t>(p));
+  const Span* s = maps_.spans.get(reinterpret_cast<uintptr_t>(p));
   if (s == nullptr) return 0;
   const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   switch (s->state.load(std::memory_order_acquire)) {
@@ -116,6 +119,45 @@ size_t Pool::block_size(const void* p) const {
       return 0;
   }
   return 0;
+}
+
+std::string Pool::describe(const void* p) const {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  char buf[512];
+  const Segment* seg = maps_.segments.get(addr);
+  if (seg == nullptr) {
+    const auto [start, size] = source_.retired().find(addr);
+    if (size == 0) return "it lies in no segment of the pool, and in no range the pool gave back lately";
+    std::snprintf(buf, sizeof(buf), "it lies in [%#" PRIxPTR ", %#" PRIxPTR "), memory this pool mapped and has since given back to the kernel",
+                  start, start + size);
+    return buf;
+  }
+  int n = std::snprintf(buf, sizeof(buf), "it lies in the pool's segment [%#" PRIxPTR ", %#" PRIxPTR ") of %s pages on node %d%s",
+                        seg->start, seg->start + seg->size, page_kind_name(seg->kind), seg->node,
+                        seg->inherited ? ", inherited from the parent process at fork()" : "");
+  // The span holding addr: the map has only the first and last unit of a span, so look back.
+  const Span* s = nullptr;
+  for (uintptr_t a = addr & ~(uintptr_t{kUnit} - 1); a >= seg->start && s == nullptr; a -= kUnit) {
+    const Span* c = maps_.spans.get(a);
+    if (c != nullptr && c->segment == seg && c->begin() <= addr && addr < c->end()) s = c;
+  }
+  if (s != nullptr && n > 0 && static_cast<size_t>(n) < sizeof(buf)) {
+    const SpanState state = s->state.load(std::memory_order_relaxed);
+    const uintptr_t b = s->begin();
+    if (state == SpanState::kSlab && addr >= b && addr < s->end())
+      std::snprintf(buf + n, sizeof(buf) - n, ", in a slab of %u-byte objects [%#" PRIxPTR ", %#" PRIxPTR ")%s",
+                    s->object_size, b, s->end(),
+                    (addr - b) % s->object_size ? ", not at an object's start" : "");
+    else if (state == SpanState::kLarge && addr > b && addr < s->end())
+      std::snprintf(buf + n, sizeof(buf) - n, ", inside the block [%#" PRIxPTR ", %#" PRIxPTR ") in use, not at its start", b, s->end());
+    else if (state == SpanState::kFree && addr >= b && addr < s->end())
+      std::snprintf(buf + n, sizeof(buf) - n, ", in the free span [%#" PRIxPTR ", %#" PRIxPTR "): no block in use starts there", b, s->end());
+    else
+      std::snprintf(buf + n, sizeof(buf) - n, ", where no block in use starts");
+  } else if (n > 0 && static_cast<size_t>(n) < sizeof(buf)) {
+    std::snprintf(buf + n, sizeof(buf) - n, ", where no block in use starts");
+  }
+  return buf;
 }
 
 Span* Pool::get_slab(int node, size_t units) {

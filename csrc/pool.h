@@ -7,20 +7,15 @@
 // 2 MiB pages). When every heap of the plan refused, each one's fully free segments have already
 // been given back (SpanHeap::grow); the plan is tried once more ignoring back-off, then fails.
 //
-// Note [Fork]
-// After fork() the child shares every page mapped so far with its parent, copy-on-write. Writing
-// to such a page copies it, and for hugetlb memory with no free huge page for the copy the kernel
-// kills the writer with SIGBUS. The allocator's own reuse would be such a write, so the child
-// forgets all cached memory: inherited segments are never reused in the child and are unmapped as
-// soon as their last block is freed there (SpanHeap::forget_after_fork,
-// SmallArena::forget_after_fork). Every lock is taken before fork() and released in both processes
-// after it (pthread_atfork), so no lock is inherited held by a thread that does not exist.
+// At fork() the pool is locked, and in the child it forgets what it inherited: see Note [Fork]
+// (fork.h), which owns that sequence.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "os.h"
@@ -77,6 +72,12 @@ class Pool final : private SlabSource, private IdleGauge {
   size_t free(void* p);
   // The size of our block starting at `p`, 0 if `p` is not one. Lock-free.
   size_t block_size(const void* p) const;
+  // Whether `p` lies inside a segment the pool maps now, block or not. Lock-free.
+  bool holds(const void* p) const { return maps_.segments.get(reinterpret_cast<uintptr_t>(p)) != nullptr; }
+  // What the pool knows of address `p`, in words, for a fatal message: the segment holding it
+  // (range, kind, node, inherited), the span or slab there, or the range it gave back that held
+  // it. Racy reads: only for a process about to stop.
+  std::string describe(const void* p) const;
 
   // Gives back all idle memory that can be given back: the calling thread's small-object cache,
   // fully free slabs, fully free segments; and ends every heap's back-off, so that pages that came
@@ -100,11 +101,12 @@ class Pool final : private SlabSource, private IdleGauge {
   const Topology& topology() const { return topology_; }
   const PageSource& source() const { return source_; }
 
+  // The steps of Note [Fork] (fork.h), run by ForkHandler only.
   void lock_all();
   void unlock_all();
   void forget_after_fork();  // in the child, after unlock_all()
 
-  // For Note [Fork copies] (fork_copy.h). REQUIRES: lock_all() held.
+  // For Note [Fork copies] (fork.h). REQUIRES: lock_all() held.
   // Hugetlb pages mapped by the heaps of `node` (-1: all heaps, kInterleaveNode included).
   HugetlbPages hugetlb_pages(int node = -1) const;
   template <typename Fn>
@@ -124,7 +126,7 @@ class Pool final : private SlabSource, private IdleGauge {
 
   const Topology& topology_;
   PageSource source_;
-  PageMap<Span> map_;
+  AddressMaps maps_;
   GlobalStats global_;
   std::atomic<KindMask> small_kinds_{kAllKinds};
   std::atomic<size_t> max_cached_{kUnlimited};

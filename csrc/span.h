@@ -72,4 +72,13 @@ struct Span {
   size_t bytes() const { return units * kUnit; }
 };
 
+// The pool's address maps. `spans`: the first and last 64 KiB unit of every span, every unit of a
+// slab (what the deleter and coalescing look up). `segments`: every 2 MiB of every segment while
+// it is mapped (segments are 2 MiB aligned and sized), so that an address inside the pool's
+// memory is known as such even where it starts no block (Note [Foreign pointers], allocator.h).
+struct AddressMaps {
+  PageMap<Span> spans;
+  PageMap<Segment, 21> segments;
+};
+
 }  // namespace hpa

@@ -51,12 +51,13 @@ Span* FreeSpans::take(size_t min_units) {
 // ---------------------------------------------------------------------------------------------
 // SpanHeap
 
-SpanHeap::SpanHeap(PageKind kind, int node, PageSource& source, PageMap<Span>& map,
+SpanHeap::SpanHeap(PageKind kind, int node, PageSource& source, AddressMaps& maps,
                    GlobalStats& global, const std::atomic<size_t>& max_cached, const IdleGauge& idle)
     : kind_(kind),
       node_(node),
       source_(source),
-      map_(map),
+      map_(maps.spans),
+      segment_map_(maps.segments),
       global_(global),
       max_cached_(max_cached),
       idle_(idle) {}
@@ -138,7 +139,8 @@ Span* SpanHeap::grow(size_t units) {
       std::lock_guard<SpinLock> lock(mu_);
       Segment* seg = segment_records_.get();
       Span* whole = spans_.get();
-      if (seg == nullptr || whole == nullptr || !map_.prepare(start, size)) {
+      if (seg == nullptr || whole == nullptr || !map_.prepare(start, size) ||
+          !segment_map_.prepare(start, size)) {
         if (seg != nullptr) segment_records_.put(seg);
         if (whole != nullptr) spans_.put(whole);
         source_.unmap(r.addr, size);
@@ -170,6 +172,7 @@ void SpanHeap::add_segment(Span* s) {
   stats_.reserved_bytes.add(static_cast<int64_t>(seg->size));
   ++stats_.num_maps;
   global_.reserved_bytes.add(static_cast<int64_t>(seg->size));
+  segment_map_.set_range(seg->start, seg->size, seg);
   (void)map_.set(s->begin(), s);
   (void)map_.set(s->end() - 1, s);
   free_.push(s);
@@ -288,6 +291,7 @@ void SpanHeap::drop_segment(Segment* seg, Span* s, std::vector<Segment>* doomed)
   // Forget the addresses before unmapping them: once unmapped, another allocator may be handed
   // the same range, and its pointers must find nothing in the map.
   map_.set_range(seg->start, seg->size, nullptr);
+  segment_map_.set_range(seg->start, seg->size, nullptr);
   if (seg->prev != nullptr) seg->prev->next = seg->next; else segments_ = seg->next;
   if (seg->next != nullptr) seg->next->prev = seg->prev;
   stats_.reserved_bytes.sub(static_cast<int64_t>(seg->size));
@@ -314,6 +318,7 @@ void SpanHeap::trim_tail(Segment* seg, std::vector<Segment>* doomed) {
   }
   free_.remove(s);
   map_.set_range(cut, end - cut, nullptr);
+  segment_map_.set_range(cut, end - cut, nullptr);
   if (cut > s->begin()) {
     s->units = (cut - s->begin()) / kUnit;
     (void)map_.set(s->end() - 1, s);

@@ -128,7 +128,7 @@ class SpanHeap {
  public:
   static constexpr size_t kGrowBytes = 32 * kMiB;
 
-  SpanHeap(PageKind kind, int node, PageSource& source, PageMap<Span>& map, GlobalStats& global,
+  SpanHeap(PageKind kind, int node, PageSource& source, AddressMaps& maps, GlobalStats& global,
            const std::atomic<size_t>& max_cached, const IdleGauge& idle);
   SpanHeap(const SpanHeap&) = delete;
   SpanHeap& operator=(const SpanHeap&) = delete;
@@ -167,7 +167,7 @@ class SpanHeap {
   SpinLock& mutex() { return mu_; }
   void forget_after_fork();
 
-  // For Note [Fork copies] (fork_copy.h). REQUIRES: lock held.
+  // For Note [Fork copies] (fork.h). REQUIRES: lock held.
   // Pages of 2 MiB and of 1 GiB mapped by this heap.
   void count_pages(int64_t* pages_2m, int64_t* pages_1g) const {
     for (const Segment* seg = segments_; seg != nullptr; seg = seg->next) {
@@ -226,6 +226,7 @@ class SpanHeap {
   const int node_;
   PageSource& source_;
   PageMap<Span>& map_;
+  PageMap<Segment, 21>& segment_map_;
   GlobalStats& global_;
   const std::atomic<size_t>& max_cached_;
   const IdleGauge& idle_;

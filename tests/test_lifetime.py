@@ -68,3 +68,69 @@ def test_lazy_clone_and_clone_copy_the_data(pools, python):
                on_huge=[kernel.page_size_kb(t.data_ptr()) for t in (y, z)])
     """)
     assert r.values == {"clone": True, "cow": True, "on_huge": [2048, 2048]}
+
+
+# Note [Foreign pointers] (csrc/allocator.h): a pointer the deleter cannot give to the previous
+# allocator stops the process with a message, instead of corrupting glibc's heap.
+BAD_FREES = {
+    "into_a_block": ("""
+        t = torch.empty(4 << 20, dtype=torch.uint8)
+        _C.testing.delete_ptr(t.data_ptr() + (64 << 10))
+    """, "inside the block"),
+    "twice": ("""
+        t = torch.empty(4 << 20, dtype=torch.uint8)
+        keep = torch.empty(4 << 20, dtype=torch.uint8)     # keeps the segment mapped
+        addr = t.data_ptr()
+        del t
+        _C.testing.delete_ptr(addr)
+    """, "in the free span"),
+    "after_its_memory_went_back": ("""
+        t = torch.empty(96 << 20, dtype=torch.uint8)       # a segment of its own
+        addr = t.data_ptr()
+        del t
+        hpa.empty_cache()                                  # unmapped: nothing is there any more
+        _C.testing.delete_ptr(addr)
+    """, "given back to the kernel"),
+}
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FREES))
+def test_a_free_that_is_no_block_of_ours_stops_with_a_message_naming_it(pools, python, case):
+    pools.ensure_free("2M", 64)
+    code, words = BAD_FREES[case]
+    r = python("""
+        from hugepage_allocator import _C
+        hpa.install()
+        print("before", flush=True)
+    """ + code + """
+        report(survived=True)
+    """, check=False)
+    assert r.returncode == -6, f"stopped with SIGABRT, not {r.returncode}: {r.stderr[-2000:]}"
+    assert "survived" not in r.values
+    line = next(ln for ln in r.stderr.splitlines() if "hugepage_allocator: fatal" in ln)
+    assert words in line and "0x" in line, line
+    assert "double free" not in r.stderr.replace("Likely a double free", ""), "glibc never saw it"
+
+
+def test_pointers_of_the_previous_allocator_still_go_to_it(pools, python):
+    """The check of Note [Foreign pointers] leaves real foreign pointers alone: tensors made before
+    install(), many and of every size, free through the deleter into glibc."""
+    pools.ensure_free("2M", 32)
+    r = python("""
+        from hugepage_allocator import _C
+        before = [torch.empty(n, dtype=torch.uint8) for n in (1, 100, 70_000, 300_000, 5 << 20, 40 << 20)]
+        hpa.install()
+        churn = [torch.empty(64 << 20, dtype=torch.uint8) for _ in range(2)]
+        del churn
+        hpa.empty_cache()                                  # ranges given back: now retired
+        ptrs = [t.data_ptr() for t in before]
+        storages = [t.untyped_storage() for t in before]
+        del before
+        report(ours=[_C.block_size(p) for p in ptrs], n=len(storages))
+        del storages                                       # freed through our deleter into glibc
+        report(ok=True)
+    """)
+    assert r.values == {"ok": True}

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "fake_os.h"
-#include "fork_copy.h"
+#include "fork.h"
 #include "pool.h"
 #include "small_arena.h"
 #include "topology.h"
@@ -217,9 +217,9 @@ void test_after_fork_the_child_never_reuses_inherited_memory_and_unmaps_it_when_
   for (int i = 0; i < 50; ++i) inherited.push_back(t.alloc(i % 2 ? 3000 : 3 * kMiB));
   Block cached = t.alloc(6 * kMiB);
   t.pool->free(cached.ptr);  // idle at fork
-  t.pool->lock_all();
-  t.pool->unlock_all();
-  t.pool->forget_after_fork();
+  ForkHandler fork(t.os, *t.pool);
+  fork.before();
+  fork.in_child();
   std::vector<Block> fresh;
   for (int i = 0; i < 50; ++i) {
     Block b = t.alloc(i % 2 ? 3000 : 3 * kMiB);
@@ -232,8 +232,8 @@ void test_after_fork_the_child_never_reuses_inherited_memory_and_unmaps_it_when_
   t.check_empty();
 }
 
-// Note [Fork copies]: the fake's sysfs has no free huge pages, so every live huge page is copied;
-// the copies cover exactly the huge pages that hold blocks in use, whole, and carry their data.
+// Note [Fork copies]: with no free huge page left, every live huge page is copied; the copies
+// cover exactly the huge pages that hold blocks in use, whole, and carry their data.
 void test_fork_copies_cover_every_live_huge_page_and_carry_its_data() {
   TestPool t(1, 512, 2);
   Block a = t.alloc(3 * kMiB);                  // pages 0-1 of a 2 MiB segment
@@ -243,14 +243,14 @@ void test_fork_copies_cover_every_live_huge_page_and_carry_its_data() {
   Block big = t.alloc(kGiB + 2 * kMiB);         // composite: its 1 GiB page and one 2 MiB page
   t.pool->free(gap.ptr);
   for (const Block& x : {a, b, small, big}) fill(x, x.size, 0x5a);
-  ForkCopies copies(t.os);
-  t.pool->lock_all();
-  copies.prepare(*t.pool);
+  t.os.set_free_pages(PageKind::kHugetlb2M, 0);
+  t.os.set_free_pages(PageKind::kHugetlb1G, 0);
+  ForkHandler fork(t.os, *t.pool);
+  fork.before();
   // Pages 0-1 (a), 3 (b) and 4 (the slab) of the 2 MiB segment; the composite's two pages.
-  CHECK(copies.copied_bytes() == 4 * k2MiB + kGiB + k2MiB);
+  CHECK(fork.copied_bytes() == 4 * k2MiB + kGiB + k2MiB);
   for (const Block& x : {a, b, small, big}) fill(x, x.size, 0x11);  // the parent writes after the copy
-  copies.in_child();                           // the child's view: the data as at the copy
-  t.pool->unlock_all();
+  fork.in_child();                           // the child's view: the data as at the copy
   for (const Block& x : {a, b, small, big}) CHECK(intact(x, x.size, 0x5a));
   for (const Block& x : {a, b, small, big}) CHECK(t.pool->free(x.ptr) > 0);
   t.check_empty();

@@ -4,7 +4,7 @@ A MAP_PRIVATE hugetlb page shared with a child is copied when either process wri
 copy needs a free huge page. When the parent (the mapping's owner) finds none, the kernel unmaps
 the page from the child, which dies of SIGBUS when it next touches it. The allocator copies the
 parent's live hugetlb memory for the child at fork() when the kernel's free pages could not cover
-those copies (Note [Fork copies], csrc/fork_copy.h); otherwise the child shares the pages."""
+those copies (Note [Fork copies], csrc/fork.h); otherwise the child shares the pages."""
 import pytest
 
 SCENARIO = """

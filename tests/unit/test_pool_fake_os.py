@@ -297,3 +297,37 @@ def test_small_requests_find_pages_that_came_back_despite_back_off(pool):
     assert pool.alloc(100, kinds=1 << M2) is None       # refused: the heap backs off
     pool.set_free_pages(M2, 64)
     assert pool.alloc(100, kinds=1 << M2) is not None
+
+
+def test_fork_copies_are_made_only_when_the_free_pages_cannot_cover_copy_on_write():
+    """Note [Fork copies] (csrc/fork.h), both branches, through the handlers the process registers."""
+    import ctypes
+
+    p = FakePool(nodes=1, pages_2m=64, pages_1g=0)
+    a, _ = p.alloc(3 * M)                                 # pages 0-1 of a 16-page segment in use
+    ctypes.memset(a, 0x5A, 3 * M)
+    mappings = p.live_mappings
+    assert p.fork_parent() == 0, "48 free pages cover the 16 mapped: the child shares them"
+    p.set_free_pages(M2, 15)                              # one page short
+    assert p.fork_parent() == 2 * 2 * M, "the two huge pages that hold a block in use, whole"
+    assert p.live_mappings == mappings, "the parent's side of the copies is gone after fork()"
+    assert p.fork_child() == 2 * 2 * M
+    assert ctypes.string_at(a, 3 * M) == b"\x5a" * (3 * M), "the child's copy carries the data"
+    assert p.free(a) == 3 * M
+
+
+def test_the_pool_knows_an_address_inside_its_memory_from_a_foreign_one(pool):
+    a, size = pool.alloc(4 * M)
+    b, _ = pool.alloc(4 * M)
+    assert pool.holds(a) and pool.holds(a + size - 1) and pool.holds(a + 3 * M)
+    assert "inside the block" in pool.describe(a + UNIT)
+    pool.free(a)
+    assert pool.holds(a) and "in the free span" in pool.describe(a)
+    pool.free(b)
+    pool.release()                                        # the segment goes back to the "kernel"
+    assert not pool.holds(a)
+    assert "given back to the kernel" in pool.describe(a)
+    import ctypes
+    foreign = ctypes.create_string_buffer(64)
+    assert not pool.holds(ctypes.addressof(foreign))
+    assert "no segment" in pool.describe(ctypes.addressof(foreign))
