@@ -32,7 +32,7 @@ def make_sample(i, size, form):
     with open(os.path.join(PROBES, str(os.getpid())), "a") as f:
         f.write(where(x) + "\\n")
     if form == "tuple":
-        return x, i
+        return x, torch.tensor([i, -i])
     if form == "dict":
         return {"x": x, "index": i, "mean": x.mean()}
     return x
@@ -120,7 +120,10 @@ def test_the_bug_report_script_verbatim(pools, twin):
     """The script of the 'double free' report (forked worker, 1 MiB samples, default collate), run
     as written; the default run is the same text without the `ha.install()` line. The report line
     appended after it reads what the loop left behind (the last batch) and changes nothing before.
-    Proves: it exits 0 with no glibc complaint, and its last batch is the default's."""
+    The script sets no torch.set_num_threads(1) and needs none: its parent runs no parallel op
+    before the fork (the worker makes and collates the samples). Proves: it exits 0 with no glibc
+    complaint, and its last batch is right and the default's. Run against the build before the fix
+    (e16cc83), it fails: the worker aborts with 'double free or corruption (out)'."""
     pools.ensure_free("2M", 256)
     epilogue = ('import hashlib, json\n'
                 'print("RESULT " + json.dumps({"installed": ha.is_installed(), "last": '

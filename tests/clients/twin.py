@@ -7,7 +7,9 @@ forkserver children import its classes and functions the way they import a user'
 that starts processes keeps its main part under `if __name__ == "__main__":`). CLIENT_PRELUDE
 above it defines a few helpers:
 
-    report(**values)   hands JSON back to the test (with `installed`: hpa.is_installed())
+    report(**values)   hands JSON back to the test, with `installed` (hpa.is_installed()) and, in
+                       the allocator run, `fallbacks` (requests that found no free explicit huge
+                       page: Twin.both() requires none, so that every placement check is fair)
     digest(obj)        sha256 of the exact bytes, dtypes and shapes of the tensors in obj
     hexes(values)      floats as float.hex(): exact, comparable strings
     where(tensor)      where the kernel put the tensor's memory: "2M" / "1G" (explicit huge pages,
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, field
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +44,9 @@ import hugepage_allocator as hpa
 
 def report(**values):
     values["installed"] = hpa.is_installed()
+    if values["installed"]:   # requests that found no explicit huge page (a pool run dry)
+        stats = hpa.memory_stats()
+        values["fallbacks"] = stats["num_fallbacks.thp"] + stats["num_fallbacks.base"]
     print("RESULT " + json.dumps(values), flush=True)
 
 
@@ -100,7 +105,6 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
     values: dict = field(default_factory=dict)
 
     def __getitem__(self, key):
@@ -132,16 +136,23 @@ class Twin:
         full_env.update(OFFLINE)
         full_env.update(ALLOCATORS.get(allocator, ALLOCATORS["default"]))
         full_env.update(env or {})
-        start = time.monotonic()
-        proc = subprocess.run([sys.executable, path], capture_output=True, text=True, env=full_env,
-                              timeout=timeout, cwd=self.directory)
-        run = Run(allocator, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        # A session of its own, so that a run that hangs is killed with every process it started.
+        proc = subprocess.Popen([sys.executable, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=full_env, cwd=self.directory, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"the {allocator} run did not end within {timeout} s: killed\n"
+                                 f"--- stdout\n{stdout[-6000:]}\n--- stderr\n{stderr[-6000:]}") from None
+        run = Run(allocator, proc.returncode, stdout, stderr)
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
         if lines:
             run.values = json.loads(lines[-1][len("RESULT "):])
         if check and (proc.returncode != 0 or not lines):
             raise AssertionError(f"the {allocator} run failed with {proc.returncode}\n"
-                                 f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+                                 f"--- stdout\n{stdout[-6000:]}\n--- stderr\n{stderr[-6000:]}")
         return run
 
     def both(self, *code: str, env: dict | None = None, timeout: float = 300) -> tuple[Run, Run]:
@@ -150,4 +161,6 @@ class Twin:
         ours = self.run(*code, allocator="hugepage", env=env, timeout=timeout)
         assert default["installed"] is False
         assert ours["installed"] is True, "the allocator run did not install the allocator"
+        assert ours["fallbacks"] == 0, (f"{ours['fallbacks']} requests of the allocator run found no "
+                                        "free explicit huge page (did another process take them?)")
         return default, ours
