@@ -223,19 +223,19 @@ HOGWILD = """
         # after the parent ran one hangs, with any allocator. One thread in the parent avoids it.
         torch.set_num_threads(1)
         report(runs={f"{method} x{n}": hogwild(method, n, args)
-                     for method, n in (("fork", 1), ("fork", 2), ("spawn", 2))})
+                     for method, n in (("fork", 1), ("fork", 2), ("spawn", 1), ("spawn", 2))})
 """
 
 
 def test_hogwild_training_in_the_style_of_mnist_hogwild(pools, twin):
     """pytorch/examples mnist_hogwild's shape: a small CNN, model.share_memory(), train() in
     torch.multiprocessing processes updating the shared parameters lock-free, test() in the parent;
-    synthetic 28x28 data; two processes under fork and under spawn, one under fork. With one process the run is
-    deterministic: losses (float.hex) and final parameters equal to the default's, bit for bit.
-    With two, the processes' updates interleave by timing (Hogwild's races), so neither run is
-    reproducible, not even against itself: only sanity is checked (finite parameters that moved,
-    and a test loss below the untrained one). Placement: parameters made on 2 MiB pages, shared in
-    /dev/shm; the gradients each child makes lazily on 2 MiB pages in the child."""
+    synthetic 28x28 data; one and two processes, under fork and under spawn. With one process the
+    run is deterministic: its losses (float.hex) and final parameters equal the default's, bit for
+    bit. With two, the processes' updates interleave by timing (Hogwild's races), so runs are not
+    reproducible, whatever the allocator: only sanity is checked (finite parameters, and a test
+    loss below the untrained model's). Placement: parameters made on 2 MiB pages, then in /dev/shm
+    once shared; the gradients each child makes lazily on 2 MiB pages in that child."""
     pools.ensure_free("2M", 256)
     default, ours = twin.both(HOGWILD, timeout=300)
     for name, run in ours["runs"].items():
