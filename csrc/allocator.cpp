@@ -59,7 +59,8 @@ HugePageAllocator::HugePageAllocator()
     : os_(real_os()),
       topology_(os_),
       pool_(os_, topology_, /*arena_slot=*/0),
-      fork_(os_, pool_),
+      shared_(os_),
+      fork_(os_, pool_, &shared_),
       min_size_(Settings{}.min_size),
       huge_1g_min_size_(Settings{}.huge_1g_min_size),
       kinds_(Settings{}.kinds),
@@ -74,6 +75,7 @@ void HugePageAllocator::configure(const Settings& s) {
   kinds_.store(s.kinds, std::memory_order_relaxed);
   pool_.set_small_kinds(s.kinds);
   pool_.set_max_cached(s.max_cached);
+  shared_.set_max_idle(s.max_shared_cached);
   const Placement p = effective_placement(os_, topology_, s.follow_process_policy, s.placement);
   TORCH_CHECK_VALUE((p.nodes & ~topology_.node_mask()) == 0, "hugepage_allocator: numa_policy ",
                     describe(p, topology_), " names a node that is not online (online: ",
@@ -200,6 +202,62 @@ void HugePageAllocator::delete_foreign(void* ptr) {
                               "allocator's heap far from the cause.\n";
   (void)!::write(STDERR_FILENO, message.data(), message.size());
   std::abort();
+}
+
+c10::DataPtr HugePageAllocator::wrap_shared(SharedRegion* r) {
+  return c10::DataPtr(SharedMemory::data(r), r, &delete_shared, kCpu);
+}
+
+void HugePageAllocator::delete_shared(void* region) {
+  g_self->shared_.release(static_cast<SharedRegion*>(region));
+}
+
+SharedRegion* HugePageAllocator::shared_region_of(const c10::Storage& storage) {
+  const c10::DataPtr& d = storage.data_ptr();
+  return d.get_deleter() == &delete_shared ? static_cast<SharedRegion*>(d.get_context()) : nullptr;
+}
+
+Plan HugePageAllocator::shared_plan(size_t nbytes) const {
+  if (nbytes >= SharedMemory::kHugeMinSize) return plan_for(nbytes);
+  Plan plan;  // a small region would waste most of a huge page
+  plan.add(PageKind::kBase);
+  return plan;
+}
+
+c10::Storage HugePageAllocator::new_shared(size_t nbytes) {
+  int error = 0;
+  const int node = topology_.num_nodes() > 1 ? current_node() : -1;
+  SharedRegion* r = shared_.create(nbytes, shared_plan(nbytes), node, &error);
+  if (r == nullptr) return c10::Storage();
+  return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, wrap_shared(r), /*allocator=*/nullptr,
+                      /*resizable=*/false);
+}
+
+bool HugePageAllocator::move_to_shared(const c10::Storage& storage) {
+  const size_t nbytes = storage.nbytes();
+  int error = 0;
+  const int node = topology_.num_nodes() > 1 ? current_node() : -1;
+  SharedRegion* r = shared_.create(nbytes, shared_plan(nbytes), node, &error);
+  if (r == nullptr) return false;
+  c10::DataPtr data = wrap_shared(r);
+  if (nbytes > 0) std::memcpy(data.get(), storage.data(), nbytes);
+  c10::StorageImpl* impl = storage.unsafeGetStorageImpl();
+  impl->set_data_ptr_noswap(std::move(data));
+  impl->set_allocator(nullptr);
+  impl->set_resizable(false);
+  return true;
+}
+
+c10::Storage HugePageAllocator::receive_shared(int fd, size_t nbytes, size_t size) {
+  TORCH_CHECK_VALUE(nbytes + SharedMemory::kControlBytes <= size, "hugepage_allocator: a shared storage of ",
+                    nbytes, " bytes cannot lie in a region of ", size, " bytes");
+  int error = 0;
+  SharedRegion* r = shared_.receive(fd, size, &error);
+  TORCH_CHECK(r != nullptr, "hugepage_allocator: cannot map the shared memory another process sent (fd ", fd,
+              ", ", size, " bytes): ", std::strerror(error),
+              error == EINVAL ? " (not a region of this allocator, or not of the size sent)" : "");
+  return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, wrap_shared(r), /*allocator=*/nullptr,
+                      /*resizable=*/false);
 }
 
 void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& given) {

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <c10/core/Allocator.h>
+#include <c10/core/Storage.h>
 
 #include <atomic>
 #include <cstddef>
@@ -33,6 +34,7 @@
 #include "placement.h"
 #include "pool.h"
 #include "os.h"
+#include "shared_memory.h"
 #include "topology.h"
 
 namespace hpa {
@@ -44,6 +46,7 @@ struct Settings {
   size_t max_cached = Pool::kUnlimited;  // idle bytes kept; beyond, free segments are unmapped
   Placement placement;                   // where on the NUMA nodes (placement.h)
   bool follow_process_policy = true;     // placement unset: the process's memory policy decides
+  size_t max_shared_cached = kGiB;         // idle shared regions kept mapped (shared_memory.h)
 };
 
 class HugePageAllocator final : public c10::Allocator {
@@ -81,6 +84,20 @@ class HugePageAllocator final : public c10::Allocator {
             numa_nodes_.load(std::memory_order_relaxed)};
   }
 
+  // Shared storage, Note [Shared memory] (shared_memory.h). A storage of `nbytes` on a shared
+  // region of this allocator's page kinds, or an undefined storage when no region could be had
+  // (the caller then uses PyTorch's own shared memory).
+  c10::Storage new_shared(size_t nbytes);
+  // Moves `storage`'s bytes to a new shared region, as PyTorch's share_memory_() moves them to its
+  // own: same StorageImpl, new data pointer, no longer resizable. False when no region could be had.
+  bool move_to_shared(const c10::Storage& storage);
+  // The storage another process sent (`fd` borrowed, `nbytes` of the storage on a region of
+  // `size`). Throws c10::Error naming the cause.
+  c10::Storage receive_shared(int fd, size_t nbytes, size_t size);
+  // The region under `storage`, or nullptr when its memory is not a shared region of ours.
+  static SharedRegion* shared_region_of(const c10::Storage& storage);
+  SharedMemory& shared() { return shared_; }
+
   Pool& pool() { return pool_; }
   const Topology& topology() const { return topology_; }
   int64_t num_passthrough() const { return num_passthrough_.load(std::memory_order_relaxed); }
@@ -89,15 +106,19 @@ class HugePageAllocator final : public c10::Allocator {
  private:
   HugePageAllocator();
   Plan plan_for(size_t nbytes) const;
+  Plan shared_plan(size_t nbytes) const;  // plan_for, but ordinary pages below kHugeMinSize
   Route route_for(size_t nbytes) const;
   c10::DataPtr wrap(const Block& b);
   [[noreturn]] void out_of_memory(size_t nbytes, int node, const Plan& plan);
   // A pointer that is not ours: to the previous allocator, or a fatal stop.
   void delete_foreign(void* ptr);
+  static void delete_shared(void* region);  // the deleter of shared storages
+  c10::DataPtr wrap_shared(SharedRegion* r);
 
   Os& os_;
   Topology topology_;
   Pool pool_;
+  SharedMemory shared_;
   ForkHandler fork_;  // Note [Fork] (fork.h)
   std::atomic<bool> serving_{false};
   std::atomic<size_t> min_size_;

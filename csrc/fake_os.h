@@ -3,6 +3,7 @@
 // the topology is whatever the test says. Every call is counted.
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -40,6 +41,15 @@ class FakeOs final : public Os {
   bool is_mapped(const void* addr) override;
   int current_cpu() override { return cpu_; }
   int read_file(const char* path, std::string* out) override;
+  // No shared memory in the fake: the pool never asks for it, and shared memory is tested on the
+  // real kernel (tests/test_shared_memory.py), whose file descriptors cross real processes.
+  FdResult create_shared(PageKind, size_t) override { return {-1, ENOSYS}; }
+  MapResult map_shared(int, size_t, PageKind) override { return {nullptr, ENOSYS}; }
+  FdResult dup_fd(int) override { return {-1, ENOSYS}; }
+  int close_fd(int) override { return ENOSYS; }
+  int file_info(int, FileId*, size_t*) override { return ENOSYS; }
+  int process_id() override { return 1; }
+  bool process_alive(int) override { return true; }
 
   // Test controls.
   void set_cpu(int cpu) { cpu_ = cpu; }

@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include "pool.h"
+#include "shared_memory.h"
 
 namespace hpa {
 
@@ -14,6 +15,7 @@ void ForkHandler::register_atfork(ForkHandler* handler) {
 }
 
 void ForkHandler::before() {
+  if (shared_ != nullptr) shared_->lock();
   pool_.lock_all();
   copies_.clear();
   copied_bytes_ = 0;
@@ -26,6 +28,7 @@ void ForkHandler::before() {
 void ForkHandler::in_parent() {
   drop_copies();
   pool_.unlock_all();
+  if (shared_ != nullptr) shared_->unlock();
 }
 
 void ForkHandler::in_child() {
@@ -33,6 +36,10 @@ void ForkHandler::in_child() {
   copies_.clear();
   pool_.unlock_all();
   pool_.forget_after_fork();
+  if (shared_ != nullptr) {
+    shared_->unlock();
+    shared_->forget_after_fork();
+  }
 }
 
 // Whether the free pages can cover a copy of every hugetlb page the pool has mapped. A segment

@@ -15,6 +15,8 @@
 //    there; segments idle at fork() are unmapped at once (Pool::forget_after_fork). Blocks the
 //    child inherited stay valid and are freed normally, with no write to their memory.
 // 3. The parent's writes (Note [Fork copies], below).
+// 4. Shared regions (Note [Shared memory], shared_memory.h) are MAP_SHARED, so no copy-on-write
+//    concerns them; the child drops the idle ones, which are its parent's to reuse.
 //
 // Note [Fork copies]
 // After fork() every MAP_PRIVATE hugetlb page is shared copy-on-write, and a write by either
@@ -50,10 +52,13 @@
 namespace hpa {
 
 class Pool;
+class SharedMemory;
 
 class ForkHandler {
  public:
-  ForkHandler(Os& os, Pool& pool) : os_(os), pool_(pool) {}
+  // `shared`: the process's shared regions (Note [Shared memory]), locked with the pool and
+  // forgotten by the child; nullptr for a test pool.
+  ForkHandler(Os& os, Pool& pool, SharedMemory* shared = nullptr) : os_(os), pool_(pool), shared_(shared) {}
   ForkHandler(const ForkHandler&) = delete;
   ForkHandler& operator=(const ForkHandler&) = delete;
 
@@ -85,6 +90,7 @@ class ForkHandler {
 
   Os& os_;
   Pool& pool_;
+  SharedMemory* shared_;
   std::vector<Copy> copies_;
   size_t copied_bytes_ = 0;
 };

@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <linux/mempolicy.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -25,6 +27,15 @@
 #endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
+#endif
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 0x0004U
+#endif
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+#ifndef MFD_HUGE_1GB
+#define MFD_HUGE_1GB (30U << 26)
 #endif
 
 namespace hpa {
@@ -224,6 +235,49 @@ class LinuxOs final : public Os {
     close(fd);
     return 0;
   }
+
+  FdResult create_shared(PageKind kind, size_t size) override {
+    unsigned flags = MFD_CLOEXEC;
+    if (is_hugetlb(kind)) {
+      if (size == 0 || size % page_kind_unit(kind) != 0) return {-1, EINVAL};
+      flags |= MFD_HUGETLB | (kind == PageKind::kHugetlb1G ? MFD_HUGE_1GB : MFD_HUGE_2MB);
+    }
+    const int fd = static_cast<int>(syscall(SYS_memfd_create, "hugepage-allocator", flags));
+    if (fd < 0) return {-1, errno};
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      const int err = errno;
+      close(fd);
+      return {-1, err};
+    }
+    return {fd, 0};
+  }
+
+  MapResult map_shared(int fd, size_t size, PageKind kind) override {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return {nullptr, errno};
+    if (kind == PageKind::kThp) (void)madvise(p, size, MADV_HUGEPAGE);  // as shmem_enabled allows
+    return {p, 0};
+  }
+
+  FdResult dup_fd(int fd) override {
+    const int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    return copy < 0 ? FdResult{-1, errno} : FdResult{copy, 0};
+  }
+
+  int close_fd(int fd) override { return close(fd) == 0 ? 0 : errno; }
+
+  int file_info(int fd, FileId* id, size_t* size) override {
+    struct stat st;
+    if (fstat(fd, &st) != 0) return errno;
+    id->dev = static_cast<uint64_t>(st.st_dev);
+    id->ino = static_cast<uint64_t>(st.st_ino);
+    *size = static_cast<size_t>(st.st_size);
+    return 0;
+  }
+
+  int process_id() override { return static_cast<int>(getpid()); }
+
+  bool process_alive(int pid) override { return kill(pid, 0) == 0 || errno == EPERM; }
 };
 
 }  // namespace

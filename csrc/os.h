@@ -49,6 +49,18 @@ struct [[nodiscard]] MapResult {
   int error;   // errno value, 0 on success
 };
 
+struct [[nodiscard]] FdResult {
+  int fd;     // -1 on failure
+  int error;  // errno value, 0 on success
+};
+
+// What identifies a file across processes: its device and inode (fstat).
+struct FileId {
+  uint64_t dev = 0;
+  uint64_t ino = 0;
+  bool operator==(const FileId& o) const { return dev == o.dev && ino == o.ino; }
+};
+
 class Os {
  public:
   virtual ~Os() = default;
@@ -107,6 +119,30 @@ class Os {
 
   // Reads a whole small text file (sysfs, procfs) into `out`. Returns an errno value, 0 on success.
   virtual int read_file(const char* path, std::string* out) = 0;
+
+  // --- Shared memory: files passed between processes as descriptors (shared_memory.h).
+
+  // Creates an anonymous memory file (memfd_create, close-on-exec) of `size` bytes: of hugetlb
+  // pages for kHugetlb2M / kHugetlb1G (REQUIRES: size a multiple of page_kind_unit(kind)),
+  // otherwise of ordinary shared memory (shmem). Nothing is allocated yet.
+  virtual FdResult create_shared(PageKind kind, size_t size) = 0;
+
+  // Maps all `size` bytes of the file `fd` shared and writable; MADV_HUGEPAGE too for kThp. A
+  // hugetlb file's pages that no one holds yet are reserved here (ENOMEM when the pool cannot),
+  // never at first touch: no MAP_NORESERVE. Nothing is faulted in; see populate().
+  virtual MapResult map_shared(int fd, size_t size, PageKind kind) = 0;
+
+  // A close-on-exec duplicate of `fd`, or closes it. Return an errno value on failure (dup: in
+  // FdResult).
+  virtual FdResult dup_fd(int fd) = 0;
+  virtual int close_fd(int fd) = 0;
+
+  // The file behind `fd`: its identity and size in bytes. Returns an errno value, 0 on success.
+  virtual int file_info(int fd, FileId* id, size_t* size) = 0;
+
+  // This process's id, and whether process `pid` still exists (kill(pid, 0)).
+  virtual int process_id() = 0;
+  virtual bool process_alive(int pid) = 0;
 };
 
 // The real Linux implementation. Stateless; one instance lives for the whole process.

@@ -73,7 +73,11 @@ def install(config: Any = None, **settings: Any) -> None:
     max_cached = values["max_cached"]
     numa_mode, numa_nodes = _numa(values["numa_policy"])
     _native().install(values["min_size"], values["huge_1g_min_size"], _kind_mask(values),
-                      _UNLIMITED if max_cached is None else max_cached, numa_mode, numa_nodes)
+                      _UNLIMITED if max_cached is None else max_cached, numa_mode, numa_nodes,
+                      values["max_shared_cached"])
+    from . import _shared  # noqa: PLC0415
+
+    _shared.enable(values["shared_memory"])
     if values["prefault"]:
         # Taken, touched (hugetlb memory is faulted in when mapped, THP and base pages only now)
         # and freed: it stays in the pool for the first requests.
@@ -90,6 +94,9 @@ def uninstall() -> None:
     pool until ``empty_cache()``.
     """
     _native().uninstall()
+    from . import _shared  # noqa: PLC0415
+
+    _shared.enable(False)
 
 
 def is_installed() -> bool:

@@ -68,6 +68,21 @@ def _choices(allowed: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
     return parse
 
 
+def parse_bool(value: Any) -> bool:
+    """A boolean from True/False, 1/0 or the words true/false, yes/no, on/off (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+    raise ValueError(f"{value!r} is not a boolean")
+
+
 def _size_at_least(minimum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         n = parse_size(value)
@@ -182,6 +197,22 @@ SETTINGS: tuple[Setting, ...] = (
         "policy decides: numactl --membind, --interleave and --preferred are followed; else local.",
         parse_numa_policy,
         shown_default="auto (local)",
+    ),
+    Setting(
+        "shared_memory", True, "true or false",
+        "Shared CPU memory on huge pages too: the batches DataLoader workers collate, "
+        "share_memory_() and tensors sent through torch.multiprocessing queues go to memory files "
+        "(memfd) of explicit huge pages, passed between processes as file descriptors, instead of "
+        "/dev/shm on 4 KiB pages; regions are reused batch after batch. Only under PyTorch's "
+        "file_descriptor sharing strategy (the default); false leaves shared memory to PyTorch.",
+        parse_bool,
+    ),
+    Setting(
+        "max_shared_cached", 1 << 30, "a size from 0 to 2**62 bytes",
+        "Idle shared regions each process keeps mapped for the next batch of the same size (its "
+        "own, and those other processes sent it). Beyond, the oldest are unmapped; empty_cache() "
+        "unmaps them all.",
+        parse_size,
     ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -319,6 +350,8 @@ def markdown_table() -> str:
     def show(value: Any) -> str:
         if value is None:
             return "unlimited"
+        if isinstance(value, bool):
+            return str(value).lower()
         if isinstance(value, tuple):
             return "[" + ", ".join(value) + "]"
         if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:

@@ -97,3 +97,42 @@ def set_node_pool(node: int, size: str, pages: int) -> int:
     with open(path, "w") as f:
         f.write(str(pages))
     return node_pool(node, size, "nr_hugepages")
+
+
+SHARED_FILE = "/memfd:hugepage-allocator"  # the name of the allocator's shared memory files
+
+
+@dataclass
+class SharedFiles:
+    """The allocator's shared memory files a process holds, by inode: mapped, and open as fds."""
+    mapped: set
+    open_fds: int
+
+
+def shared_files(pid: str = "self") -> SharedFiles:
+    mapped = set()
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith(SHARED_FILE):
+                mapped.add(int(fields[4]))
+    fd_dir = f"/proc/{pid}/fd"
+    count = 0
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, name)).startswith(SHARED_FILE):
+                count += 1
+        except OSError:
+            pass
+    return SharedFiles(mapped, count)
+
+
+def inode_of(address: int, pid: str = "self") -> int:
+    """The inode of the file mapped at `address` (0 for anonymous memory)."""
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return int(fields[4])
+    raise LookupError(f"no mapping holds address {address:#x}")

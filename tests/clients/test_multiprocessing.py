@@ -4,10 +4,11 @@ on this one in the same test.
 
 Compared with the default run: the bytes of every tensor that crossed a process boundary (sha256),
 and the final parameters where the default is deterministic. Placement from the kernel: tensors the
-allocator made sit on 2 MiB pages until torch moves them to shared memory (share_memory_(), or a
-Queue's put(), which shares the storage in place); tensors a child makes are on 2 MiB pages in the
-child (a forked child inherits the installed allocator, a spawned one installs it from
-HUGEPAGE_ALLOCATOR=1).
+allocator made sit on 2 MiB pages; moved to shared memory (share_memory_(), or a Queue's put(),
+which shares the storage in place) they go to the allocator's shared regions, on 2 MiB pages from
+1 MiB up and on ordinary pages ("memfd") below, where the default run has /dev/shm ("shm");
+tensors a child makes are on 2 MiB pages in the child (a forked child inherits the installed
+allocator, a spawned one installs it from HUGEPAGE_ALLOCATOR=1).
 """
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def test_queues_both_ways_and_shared_parameters(pools, twin):
     model.share_memory() and a child writes to its parameters. Under fork and spawn. Proves: the
     child gets the right values and the parent sees the child's writes (checked against values the
     parent computes), every transferred tensor is equal to the default run's, and placement: the
-    parent's tensors on 2 MiB pages until sent or shared (then /dev/shm), the child's own results
+    parent's tensors on 2 MiB pages until sent or shared, then on a shared region (2 MiB pages from
+    1 MiB up, "memfd" below; the default run: /dev/shm) in both processes, the child's own results
     on 2 MiB pages."""
     pools.ensure_free("2M", 256)
     default, ours = twin.both(SHARING, timeout=240)
@@ -111,12 +113,16 @@ def test_queues_both_ways_and_shared_parameters(pools, twin):
             assert t["ok"], (method, name)
             assert t["digest"] == dq["tensors"][name]["digest"], (method, name)
             assert (t["made"], t["child_made"]) == ("2M", "2M"), (method, name, t)
-            assert t["sent"] == t["child_got"] == t["received"] == "shm", (method, name, t)
+            shared = "2M" if name in ("1MiB", "24MiB") else "memfd"
+            assert t["sent"] == t["child_got"] == t["received"] == shared, (method, name, t)
+            theirs = dq["tensors"][name]
+            assert theirs["sent"] == theirs["child_got"] == theirs["received"] == "shm", (method, name, theirs)
             assert dq["tensors"][name]["made"] != "2M" and dq["tensors"][name]["child_made"] != "2M"
         m, dm = ours[method]["model"], default[method]["model"]
         assert m["exitcode"] == 0 and m["same_after_share"] and m["changed"]
         assert m["made"] == ["2M"] and dm["made"] == ["4K"]
-        assert m["shared"] == m["child_params"] == ["shm"]
+        assert m["shared"] == m["child_params"] == ["2M", "memfd"]  # the 2 MiB weight; the rest < 1 MiB
+        assert dm["shared"] == dm["child_params"] == ["shm"]
         assert m["child_y"] == m["parent_y"], "the parent computes what the child computed"
         assert m["child_y_where"] == "2M"
         for key in ("params", "child_y"):
@@ -234,8 +240,9 @@ def test_hogwild_training_in_the_style_of_mnist_hogwild(pools, twin):
     run is deterministic: its losses (float.hex) and final parameters equal the default's, bit for
     bit. With two, the processes' updates interleave by timing (Hogwild's races), so runs are not
     reproducible, whatever the allocator: only sanity is checked (finite parameters, and a test
-    loss below the untrained model's). Placement: parameters made on 2 MiB pages, then in /dev/shm
-    once shared; the gradients each child makes lazily on 2 MiB pages in that child."""
+    loss below the untrained model's). Placement: parameters made on 2 MiB pages, then on the
+    allocator's shared regions once shared (all below 1 MiB: ordinary pages, "memfd"; the default
+    run: /dev/shm); the gradients each child makes lazily on 2 MiB pages in that child."""
     pools.ensure_free("2M", 256)
     default, ours = twin.both(HOGWILD, timeout=300)
     for name, run in ours["runs"].items():
@@ -244,7 +251,8 @@ def test_hogwild_training_in_the_style_of_mnist_hogwild(pools, twin):
         assert run["exitcodes"] == [0] * processes, name
         assert run["finite"] and run["test_after"] < run["test_before"], (name, run)
         assert run["made"] == ["2M"] and theirs["made"] == ["4K"]
-        assert run["shared"] == [["shm"]] * processes and run["grads"] == [["2M"]] * processes, name
+        assert run["shared"] == [["memfd"]] * processes and run["grads"] == [["2M"]] * processes, name
+        assert theirs["shared"] == [["shm"]] * processes, name
         assert "2M" not in str(theirs["grads"]), theirs["grads"]
         assert len(run["losses"][0]) == 16
         if processes == 1:

@@ -14,8 +14,9 @@ above it defines a few helpers:
     hexes(values)      floats as float.hex(): exact, comparable strings
     where(tensor)      where the kernel put the tensor's memory: "2M" / "1G" (explicit huge pages,
                        KernelPageSize in /proc/self/smaps), "thp" (AnonHugePages), "4K", "shm"
-                       (a file of /dev/shm: torch's shared memory), "file:<path>" (another file
-                       mapping, e.g. mmap=True loads); "none" for no memory
+                       (a file of /dev/shm: torch's shared memory), "memfd" (this allocator's
+                       shared memory on ordinary pages; on huge pages it is "2M"), "file:<path>"
+                       (another file mapping, e.g. mmap=True loads); "none" for no memory
 """
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ def where(t):
     path = _mapping_path(address)
     if path.startswith("/dev/shm/"):
         return "shm"
+    if path.startswith("/memfd:hugepage-allocator"):
+        return "memfd"
     if path.startswith("/"):
         return "file:" + path.replace(" (deleted)", "")
     return "thp" if m.anon_huge_kb > 0 else "4K"
