@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 
+import workloads
+
 HUGEPAGES = "/sys/kernel/mm/hugepages"
 SIZE_DIRS = {"2M": "hugepages-2048kB", "1G": "hugepages-1048576kB"}
 PAGE_BYTES = {"2M": 2 << 20, "1G": 1 << 30}
@@ -53,13 +55,17 @@ ALLOCATORS = [
               {"MALLOC_CONF": "thp:always,metadata_thp:always"}, preload="jemalloc"),
     Allocator("tcmalloc", "tcmalloc (gperftools, minimal) via LD_PRELOAD", {}, preload="tcmalloc"),
     Allocator("mimalloc", "mimalloc via LD_PRELOAD", {}, preload="mimalloc"),
+    Allocator("torch-file_system", "PyTorch's default allocator with torch.multiprocessing's file_system sharing "
+              "strategy (files in /dev/shm by name, kept by torch_shm_manager)",
+              {"HPA_BENCH_SHARING_STRATEGY": "file_system"}, workloads=("dataloader",)),
 ]
 BY_NAME = {a.name: a for a in ALLOCATORS}
 BASELINE = "default"
 
 
 def for_workload(group: str) -> list[Allocator]:
-    return [a for a in ALLOCATORS if not a.workloads or group in a.workloads]
+    only = workloads.GROUPS[group].allocators
+    return [a for a in ALLOCATORS if (not a.workloads or group in a.workloads) and (not only or a.name in only)]
 
 
 def library_path(key: str) -> str | None:
@@ -85,7 +91,7 @@ def environment(alloc: Allocator, prefault_bytes: int = 0) -> tuple[dict | None,
     """The worker's environment, or (None, why) when the configuration cannot run here."""
     env = dict(os.environ)
     for k in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE",
-              "HUGEPAGE_ALLOCATOR", "HUGEPAGE_ALLOCATOR_CONF"):
+              "HUGEPAGE_ALLOCATOR", "HUGEPAGE_ALLOCATOR_CONF", "HPA_BENCH_SHARING_STRATEGY"):
         env.pop(k, None)
     for k, v in alloc.env.items():
         env[k] = v.format(prefault=prefault_bytes)

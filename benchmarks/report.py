@@ -174,6 +174,8 @@ SUMMARY = [
     ("training", "transformer", "steps_per_s", "median", "transformer: steps/s"),
     ("inference", "request", "ms", "p50", "inference p50: ms"),
     ("inference", "request", "ms", "p99", "inference p99: ms"),
+    ("dataloader", "image batches", "batches_per_s", "median", "DataLoader: batches/s"),
+    ("dataloader", "image batches", "faults_main", "median", "DataLoader: faults/batch"),
 ]
 
 
@@ -282,6 +284,12 @@ def aims(results) -> list[tuple[str, str]]:
             best = max(others, key=others.get)
             out.append((f"training {case}, {hpa}: faster than every other allocator (best other: {best})",
                         _verdict(by[hpa] > others[best], f"{by[hpa] / others[best]:.2f}x")))
+    d_f, d_b = r("dataloader", "image batches", "default", "faults_main"), r("dataloader", "image batches", "default", "batches_per_s")
+    f, b = r("dataloader", "image batches", "hpa-2M", "faults_main"), r("dataloader", "image batches", "hpa-2M", "batches_per_s")
+    if None not in (d_f, d_b, f, b):
+        out.append(("dataloader, hpa-2M: page faults per batch in the main process at most 1/100 of the default's",
+                    _verdict(f * 100 <= d_f, f"{fmt(f)} vs {fmt(d_f)}")))
+        out.append(("dataloader, hpa-2M: batches/s no lower than the default's", _verdict(b >= d_b, f"{b / d_b:.2f}x")))
     return out
 
 

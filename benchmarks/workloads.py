@@ -72,6 +72,7 @@ class Workload:
     quick_rounds = (3, 1)
     process_per = "group"     # "group": one worker for all cases; "case"; "round": a fresh process each round
     prefault = 0              # bytes the prefaulting configuration takes at start
+    allocators: tuple = ()    # if set, only these configurations run it
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
@@ -494,4 +495,92 @@ class Inference(Workload):
         return {**clock.ms(), "faults": minflt() - f0}
 
 
-GROUPS = {w.name: w for w in (HotPath, Churn, FirstTouch, Gather, Training, Inference)}
+# ---------------------------------------------------------------------------------------------
+# 7. Batches from DataLoader workers (shared memory between processes)
+
+class DataLoaderBatches(Workload):
+    name = "dataloader"
+    title = "Image batches from DataLoader workers"
+    cases = (Case("image batches", (Metric("batches_per_s", "batches/s", higher_is_better=True),
+                                    Metric("faults_main", "page faults per batch, main process (from the 9th)",
+                                           kind="count"),
+                                    Metric("faults_workers", "page faults per batch, workers", kind="count"))),)
+    rounds = (5, 1)
+    quick_rounds = (2, 1)
+    # What changes here is where batches live between processes: the allocators that only
+    # replace malloc do not touch it; PyTorch's other sharing strategy does.
+    allocators = ("default", "hpa-2M", "torch-file_system")
+
+    @property
+    def batch(self):
+        return 16 if self.quick else 64
+
+    @property
+    def steps(self):
+        return 30 if self.quick else 200
+
+    @property
+    def about(self):
+        mib = self.batch * 3 * 224 * 224 * 4 / MiB
+        return (f"One epoch per round: {self.steps} batches of {self.batch} x 3 x 224 x 224 float32 ({mib:.1f} MiB), "
+                f"collated by 2 forked workers (default collate: into shared memory) from images the workers "
+                f"inherited, each batch read once (sum) by the main process. batches/s from the wall clock of the "
+                f"round (workers start included, as in a real epoch); page faults from ru_minflt: of the main "
+                f"process from the 9th batch on (the first ones map the regions a loader reuses, and fork() "
+                f"itself makes the parent fault on its own pages), and of the joined workers (RUSAGE_CHILDREN) "
+                f"over the whole epoch, per batch.")
+
+    def hugetlb_need(self):
+        batch = self.batch * 3 * 224 * 224 * 4
+        regions = 2 * 4 * (batch + 2 * MiB)  # per worker: those in flight and the one being collated
+        return {"2M": regions + 128 * MiB, "1G": 0, "2M beside 1G": regions + 128 * MiB}
+
+    def setup(self, case):
+        import os
+
+        import torch
+        from torch.utils.data import DataLoader, Dataset
+
+        _set_threads()
+        strategy = os.environ.get("HPA_BENCH_SHARING_STRATEGY")
+        if strategy:
+            torch.multiprocessing.set_sharing_strategy(strategy)
+        images = torch.rand(16, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        n = self.batch * self.steps
+
+        class Images(Dataset):
+            def __len__(self):
+                return n
+
+            def __getitem__(self, i):
+                return images[i % 16], i
+
+        self.loader = lambda: DataLoader(Images(), batch_size=self.batch, num_workers=2,
+                                         multiprocessing_context="fork")
+        self.pages = ""
+        return {}
+
+    def run(self, case):
+        children = lambda: resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt  # noqa: E731
+        warm = 8
+        c0, t0 = children(), time.perf_counter()
+        loader = self.loader()
+        n = f0 = 0
+        for x, _ in loader:  # exhausted: the workers are joined, so their faults are counted
+            if n == warm:
+                f0 = minflt()
+            x.sum()
+            n += 1
+            if n == 2:
+                self.pages = pages_of(x)
+        f1 = minflt()
+        del loader, x
+        wall = time.perf_counter() - t0
+        return {"batches_per_s": n / wall, "faults_main": (f1 - f0) / (n - warm),
+                "faults_workers": (children() - c0) / n}
+
+    def finish(self):
+        return {"pages": self.pages}
+
+
+GROUPS = {w.name: w for w in (HotPath, Churn, FirstTouch, Gather, Training, Inference, DataLoaderBatches)}

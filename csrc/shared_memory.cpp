@@ -50,6 +50,16 @@ size_t SharedMemory::region_size(size_t nbytes, PageKind kind) {
   return (nbytes + kControlBytes + unit - 1) / unit * unit;
 }
 
+SharedRegion* SharedMemory::reuse(std::vector<SharedRegion*>& list, size_t j) {
+  SharedRegion* r = list[j];
+  list.erase(list.begin() + static_cast<ptrdiff_t>(j));
+  stats_.idle_bytes -= static_cast<int64_t>(r->size);
+  --stats_.idle_regions;
+  ++stats_.num_reuses;
+  stats_.in_use[static_cast<int>(r->kind)].add(static_cast<int64_t>(r->size));
+  return r;
+}
+
 SharedRegion* SharedMemory::create(size_t nbytes, const Plan& plan, int node, int* error) {
   *error = 0;
   if (nbytes == 0 || nbytes > (size_t{1} << 62) || plan.count == 0) {
@@ -65,12 +75,7 @@ SharedRegion* SharedMemory::create(size_t nbytes, const Plan& plan, int node, in
         SharedRegion* c = idle_owned_[j];
         if (c->kind == plan.kinds[i] && c->size == want &&
             c->control()->holders.load(std::memory_order_acquire) == 0) {
-          r = c;
-          idle_owned_.erase(idle_owned_.begin() + static_cast<ptrdiff_t>(j));
-          stats_.idle_bytes -= static_cast<int64_t>(r->size);
-          --stats_.idle_regions;
-          ++stats_.num_reuses;
-          stats_.in_use[static_cast<int>(r->kind)].add(static_cast<int64_t>(r->size));
+          r = reuse(idle_owned_, j);
           break;
         }
       }
@@ -128,26 +133,32 @@ SharedRegion* SharedMemory::make(size_t nbytes, PageKind kind, int node, int* er
     *error = err;
     return nullptr;
   }
-  auto* r = new (std::nothrow) SharedRegion;
-  if (r == nullptr) {
-    (void)os_.unmap(m.addr, size);
-    (void)os_.close_fd(f.fd);
-    *error = ENOMEM;
-    return nullptr;
-  }
-  r->base = m.addr;
-  r->size = size;
-  r->fd = f.fd;
+  SharedRegion* r = adopt(m.addr, size, f.fd, id, /*owned=*/true, error);
+  if (r == nullptr) return nullptr;
   r->kind = kind;
-  r->id = id;
-  r->owned = true;
-  r->generation = generation_.load(std::memory_order_relaxed);
   Control* c = new (r->control()) Control;
   c->magic = kMagic;
   c->owner_pid = os_.process_id();
   c->kind = static_cast<uint8_t>(kind);
   c->retired.store(0, std::memory_order_relaxed);
   c->holders.store(0, std::memory_order_release);
+  return r;
+}
+
+SharedRegion* SharedMemory::adopt(void* base, size_t size, int fd, FileId id, bool owned, int* error) {
+  auto* r = new (std::nothrow) SharedRegion;
+  if (r == nullptr) {
+    (void)os_.unmap(base, size);
+    (void)os_.close_fd(fd);
+    *error = ENOMEM;
+    return nullptr;
+  }
+  r->base = base;
+  r->size = size;
+  r->fd = fd;
+  r->id = id;
+  r->owned = owned;
+  r->generation = generation_.load(std::memory_order_relaxed);
   return r;
 }
 
@@ -170,12 +181,7 @@ SharedRegion* SharedMemory::receive(int fd, size_t size, int* error) {
     std::lock_guard<std::mutex> guard(mu_);
     for (size_t j = idle_received_.size(); j-- > 0;) {
       if (idle_received_[j]->id == id) {
-        r = idle_received_[j];
-        idle_received_.erase(idle_received_.begin() + static_cast<ptrdiff_t>(j));
-        stats_.idle_bytes -= static_cast<int64_t>(r->size);
-        --stats_.idle_regions;
-        ++stats_.num_reuses;
-        stats_.in_use[static_cast<int>(r->kind)].add(static_cast<int64_t>(r->size));
+        r = reuse(idle_received_, j);
         break;
       }
     }
@@ -195,17 +201,8 @@ SharedRegion* SharedMemory::receive(int fd, size_t size, int* error) {
     *error = m.error;
     return nullptr;
   }
-  auto* region = new (std::nothrow) SharedRegion;
-  if (region == nullptr) {
-    (void)os_.unmap(m.addr, size);
-    (void)os_.close_fd(own.fd);
-    *error = ENOMEM;
-    return nullptr;
-  }
-  region->base = m.addr;
-  region->size = size;
-  region->fd = own.fd;
-  region->id = id;
+  SharedRegion* region = adopt(m.addr, size, own.fd, id, /*owned=*/false, error);
+  if (region == nullptr) return nullptr;
   region->generation = generation;
   const Control* c = region->control();
   if (c->magic != kMagic || c->kind >= kNumPageKinds) {  // not a region of this allocator

@@ -109,7 +109,11 @@ class SharedMemory {
 
  private:
   SharedRegion* make(size_t nbytes, PageKind kind, int node, int* error);
-  bool shmem_thp();  // /sys/kernel/mm/transparent_hugepage/shmem_enabled allows advised THP
+  bool shmem_thp();
+  // Takes list[j] out of an idle list for a new storage (REQUIRES: mu_).
+  SharedRegion* reuse(std::vector<SharedRegion*>& list, size_t j);
+  // A record for a mapping of `fd`; on failure (no memory for it) the mapping and fd are released.
+  SharedRegion* adopt(void* base, size_t size, int fd, FileId id, bool owned, int* error);  // /sys/kernel/mm/transparent_hugepage/shmem_enabled allows advised THP
   // Takes regions out of the idle lists (REQUIRES: mu_): those `drop` says, then the oldest
   // while over the limit. They are unmapped by the caller after the lock is released.
   template <typename Drop>

@@ -52,11 +52,33 @@ def report(want_bytes: int) -> str:
                      "MADV_POPULATE_WRITE)")
     else:
         lines.append("hugetlb cgroup limits of this process: none")
+    lines.append("")
+    lines += shared_memory(sizes)
     root = system.can_reserve()
     lines.append(f"This process may reserve huge pages: {'yes' if root else 'no (needs root)'}")
     lines.append("")
     lines += advice(want_bytes, sizes, nodes, root)
     return "\n".join(lines)
+
+
+def shared_memory(sizes: list[int]) -> list[str]:
+    """Where batches of DataLoader workers and torch.multiprocessing tensors go, with and without."""
+    out = ["Shared memory (DataLoader worker batches, share_memory_(), torch.multiprocessing queues):"]
+    shm = system.dev_shm()
+    if shm is None:
+        out.append("  /dev/shm: absent (PyTorch's own shared memory needs it)")
+    else:
+        size, free = shm
+        out.append(f"  /dev/shm (PyTorch's own, 4 KiB pages): {size / (1 << 30):.2f} GiB, {free / (1 << 30):.2f} GiB free"
+                   + ("  (small: workers die of 'Bus error' when it fills)" if size < (1 << 30) else ""))
+    free_2m = system.pool(2048).free if 2048 in sizes else 0
+    shmem = system.shmem_thp_mode()
+    fallback = ("shared memory advised for THP" if shmem in ("always", "within_size", "advise", "force")
+                else f"ordinary pages (shmem_enabled={shmem or 'absent'})")
+    out.append(f"  with the allocator (shared_memory setting): memory files of 2 MiB pages from 1 MiB up, "
+               f"{free_2m} such pages free now;")
+    out.append(f"    not bounded by /dev/shm; when the pool is dry: {fallback}")
+    return out
 
 
 def advice(want: int, sizes: list[int], nodes: dict[int, list[int]], root: bool) -> list[str]:

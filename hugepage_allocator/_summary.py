@@ -33,6 +33,7 @@ def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str],
         ("allocated_bytes", "Allocated memory"),
         ("requested_bytes", "Requested memory"),
         ("reserved_bytes", "Reserved memory"),
+        ("shared_bytes", "Shared memory"),
     ):
         for pool in pools:
             keys = [f"{stat}.{pool}.{m}" for m in ("current", "peak", "allocated", "freed")]
@@ -60,6 +61,13 @@ def format_summary(stats: Mapping[str, int], nodes: list[int], kinds: list[str],
         for pool in node_pools:
             events = ("num_allocs", "num_node_fallbacks", "num_fallbacks", "num_map_failures")
             lines.append(_row(f"  {pool}", [str(stats.get(f"{e}.{pool}", 0)) for e in events]))
+        lines.append(rule)
+    if stats.get("num_shared_maps", 0) or stats.get("num_shared_failures", 0):
+        lines.append(_row("Shared regions", ["mapped", "reused", "fallbacks", "idle"]))
+        lines.append(rule)
+        lines.append(_row("  this process", [str(stats["num_shared_maps"]), str(stats["num_shared_reuses"]),
+                                             str(stats["num_shared_fallbacks"]),
+                                             _fmt_bytes(stats["shared_idle_bytes.all.current"])]))
         lines.append(rule)
     lines.append(_row("On ordinary pages", [str(stats["num_allocs.base"]), "", "", ""]))
     lines.append(_row("Out-of-memory errors", [str(stats["num_ooms"]), "", "", ""]))

@@ -91,6 +91,21 @@ def thp_modes() -> dict[str, str]:
     return out
 
 
+def shmem_thp_mode() -> str:
+    """The selected value of THP's `shmem_enabled` (huge pages for shared memory; '' when absent)."""
+    m = re.search(r"\[(\w[\w+]*)\]", _read(os.path.join(THP, "shmem_enabled")))
+    return m.group(1) if m else ""
+
+
+def dev_shm() -> tuple[int, int] | None:
+    """(size, free) of /dev/shm in bytes, where PyTorch's own shared memory lives; None if absent."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+
 def hugetlb_limits() -> dict[int, int | None]:
     """This process's hugetlb cgroup limit per page size in bytes (None: no limit), cgroup v2 or v1."""
     limits: dict[int, int | None] = {}

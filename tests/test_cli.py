@@ -31,6 +31,9 @@ def test_doctor_reports_the_real_pools_thp_numa_and_what_to_run(pools):
     assert "node0: CPUs" in out
     assert "python -m hugepage_allocator reserve 1024MB" in out
     assert "hugepagesz=1G hugepages=1" in out
+    st = os.statvfs("/dev/shm")
+    assert f"/dev/shm (PyTorch's own, 4 KiB pages): {st.f_blocks * st.f_frsize / (1 << 30):.2f} GiB" in out, out
+    assert f"{kernel.pool('2M', 'free_hugepages')} such pages free now" in out, out
 
 
 def test_doctor_rejects_a_bad_size():

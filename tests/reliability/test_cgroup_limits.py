@@ -188,3 +188,35 @@ def test_doctor_shows_the_hugetlb_limit_of_its_cgroup(v2_fault_cgroup, python):
         report(text=_doctor.report(1 << 30))
     """)
     assert "2 MiB: 8 MiB" in r["text"], r["text"]
+
+
+def test_shared_memory_beyond_the_limit_falls_back_and_keeps_its_data(hugetlb_cgroup, python):
+    """Shared storages (what DataLoader workers collate into, share_memory_()) past the limit land
+    on ordinary shared memory, with their data, and a forked child that reads and writes them
+    lives: the limit is met where the regions are faulted in or reserved, never at a touch."""
+    path, kind = hugetlb_cgroup
+    r = python(setup=JOIN.format(cg=path), timeout=120, code="""
+        # libgomp's thread pool does not survive fork(): a forked child that runs a parallel op
+        # after the parent ran one hangs, with any allocator. One thread in the parent avoids it.
+        torch.set_num_threads(1)
+        hpa.install()
+        def shared(nbytes, value):                         # as the default collate makes them
+            t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+            return t.fill_(value)
+        inside = shared(4 << 20, 1)                        # 3 pages with its control block
+        beyond = [shared(16 << 20, i) for i in range(2, 6)]
+        pid = os.fork()
+        if pid == 0:
+            ok = bool((inside == 1).all()) and all(bool((t == i + 2).all()) for i, t in enumerate(beyond))
+            for t in beyond:
+                t.add_(1)                                  # MAP_SHARED: the parent sees it
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        report(child=status, seen=[int(t[0]) for t in beyond], inside=kernel.page_size_kb(inside.data_ptr()),
+               beyond=[kernel.page_size_kb(t.data_ptr()) for t in beyond],
+               fallbacks=hpa.memory_stats()["num_shared_fallbacks"])
+    """)
+    assert r["child"] == 0, "the forked child died or read wrong data"
+    assert r["seen"] == [3, 4, 5, 6]
+    assert r["inside"] == 2048 and r["beyond"] == [4, 4, 4, 4]
+    assert r["fallbacks"] == 4
