@@ -42,7 +42,8 @@ class FakeOs final : public Os {
   int current_cpu() override { return cpu_; }
   int read_file(const char* path, std::string* out) override;
   // No shared memory in the fake: the pool never asks for it, and shared memory is tested on the
-  // real kernel (tests/test_shared_memory.py), whose file descriptors cross real processes.
+  // real kernel (tests/test_shared_regions.py, tests/clients/test_shared_memory.py), whose file
+  // descriptors cross real processes.
   FdResult create_shared(PageKind, size_t) override { return {-1, ENOSYS}; }
   MapResult map_shared(int, size_t, PageKind) override { return {nullptr, ENOSYS}; }
   FdResult dup_fd(int) override { return {-1, ENOSYS}; }
