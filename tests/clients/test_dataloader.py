@@ -252,3 +252,37 @@ def test_spawned_workers_of_a_script_that_calls_install(pools, twin):
         assert "2M" not in ours["cases"][name]["sample"], ours["cases"][name]
         assert ours["cases"][name]["batch"] == ["shm"]
     assert ours["cases"]["1MiB map w0 b8"]["sample"] == ours["cases"]["1MiB map w0 b8"]["batch"] == ["2M"]
+
+
+def test_forked_workers_of_a_parent_whose_pool_holds_every_free_huge_page(pools, twin):
+    """The kernel's free 2 MiB pages all sit idle in the parent's pool when the workers fork. A
+    worker that reused the memory it inherited would write to pages it shares copy-on-write with
+    its parent, with no free page for the copy, and die of SIGBUS. Proves: every batch equal to the
+    default's; the workers' samples off explicit huge pages (they map their own memory, and the
+    kernel has none left) and their batches on ordinary shared memory ("memfd"); the main
+    process's next tensor on 2 MiB pages from its cache, with no fallback there. Against a build
+    whose forked child keeps its inherited cache (ForkHandler::in_child without
+    Pool::forget_after_fork) the first worker dies of SIGBUS and this fails; the tests above pass
+    on such a build, because with free pages to spare a copy-on-write finds its page."""
+    pools.set_free("2M", 32)
+    code = (LOADERS, """
+        torch.set_num_threads(1)   # libgomp's pool does not survive fork(): see the test above
+        taken = torch.empty(64 << 20, dtype=torch.uint8)
+        taken.fill_(1)
+        free_while_taken = kernel.pool("2M", "free_hugepages")
+        del taken                  # idle in the pool, which keeps it: no free page left
+        cases = {
+            "1MiB map w2 b4": run_case("map", "1MiB", "tensor", 16, workers=2, batch=4, context="fork"),
+            "300KiB iterable w1 b8 dict": run_case("iterable", "300KiB", "dict", 16, workers=1, context="fork"),
+        }
+        mine = torch.empty(8 << 20, dtype=torch.uint8)
+        report(cases=cases, free_while_taken=free_while_taken, main=where(mine))
+    """)
+    default = twin.run(*code, allocator="default", timeout=180)
+    ours = twin.run(*code, allocator="hugepage", timeout=180)
+    assert ours["installed"] and ours["free_while_taken"] == 0, ours.values
+    assert ours["fallbacks"] == 0 and ours["main"] == "2M", ours.values
+    for name, case in ours["cases"].items():
+        assert case["digests"] == default["cases"][name]["digests"], name
+        assert "2M" not in case["sample"], (name, case["sample"])
+        assert case["batch"] == ["memfd"], (name, case["batch"])
