@@ -49,31 +49,33 @@ def leftovers():
 
 
 def load(context, batches, workers=2, persistent=False, epochs=1, warm=6):
-    \"\"\"Digests and placement of every batch, and the main process's page faults per batch after
-    the first `warm` batches (those map the regions the loader keeps reusing).\"\"\"
+    \"\"\"Digests and placement of every batch, and the page faults the main process takes when it
+    reads a batch, per batch after the first `warm` (those map the regions the loader keeps
+    reusing). Only the read is counted: after fork() the parent also faults on its own pages as
+    it writes them (copy-on-write), whatever the allocator.\"\"\"
     loader = DataLoader(Images(16 * batches), batch_size=16, num_workers=workers,
                         multiprocessing_context=context, persistent_workers=persistent)
-    digests, places, f0, seen = [], set(), 0, 0
+    digests, places, faults, seen = [], set(), 0, 0
     for epoch in range(epochs):
         for x, y in loader:
-            if seen == warm:
-                f0 = minflt()
+            f0 = minflt()
+            x.sum()           # the training step reads the batch
+            if seen >= warm:
+                faults += minflt() - f0
             digests.append(digest((x, y)))
             places.add(where(x))
-            x.sum()           # the training step reads the batch
             seen += 1
-    faults = (minflt() - f0) / (seen - warm)
     del x, y
-    return loader, {"digests": digests, "where": sorted(places), "faults_per_batch": faults}
+    return loader, {"digests": digests, "where": sorted(places), "faults_per_batch": faults / (seen - warm)}
 """
 
 
 def test_worker_batches_land_on_huge_pages_under_every_start_method(pools, twin):
     """Forked, spawned and forkserver workers collate 3 MiB batches of images; the environment switch
     installs the allocator in every process. Proves, for each start method: batches equal to the
-    default's; in the main process every batch on 2 MiB pages (the default's in /dev/shm); page
-    faults per batch in the main process at most a tenth of the default's (the regions come back
-    mapped); after the loader ends, every huge page is back and the main process maps and holds
+    default's; in the main process every batch on 2 MiB pages (the default's in /dev/shm); the page
+    faults of reading a batch in the main process at most a tenth of the default's (the regions come
+    back mapped); after the loader ends, every huge page is back and the main process maps and holds
     none of the allocator's shared files."""
     pools.ensure_free("2M", 256)
     default, ours = twin.both(LOADER, """
@@ -92,7 +94,8 @@ def test_worker_batches_land_on_huge_pages_under_every_start_method(pools, twin)
         mine, theirs = ours[context], default[context]
         assert len(mine["digests"]) == 24 and mine["digests"] == theirs["digests"], context
         assert mine["where"] == ["2M"] and theirs["where"] == ["shm"], (context, mine["where"], theirs["where"])
-        assert mine["faults_per_batch"] * 10 <= theirs["faults_per_batch"], (context, mine, theirs)
+        assert mine["faults_per_batch"] * 10 <= theirs["faults_per_batch"], (context, mine["faults_per_batch"],
+                                                                               theirs["faults_per_batch"])
         assert mine["pages_back"], context
         assert (mine["mapped"], mine["fds"]) == (0, 0), (context, mine)
 
