@@ -77,6 +77,7 @@ void put_shared(StatsDict& d, const SharedStats& s) {
   d["num_shared_reuses"] = s.num_reuses;
   d["num_shared_unmaps"] = s.num_unmaps;
   d["num_shared_fallbacks"] = s.num_fallbacks;
+  d["num_shared_map_failures"] = s.num_map_failures;
   d["num_shared_failures"] = s.num_failures;
 }
 

@@ -82,9 +82,19 @@ SharedRegion* SharedMemory::create(size_t nbytes, const Plan& plan, int node, in
     }
   }
   if (r != nullptr) return r;
-  for (int i = 0; i < plan.count && r == nullptr; ++i)
-    if (plan.kinds[i] != PageKind::kThp || shmem_thp()) r = make(nbytes, plan.kinds[i], node, error);
+  int refused = 0;  // hugetlb kinds the kernel refused just now
+  for (int i = 0; i < plan.count && r == nullptr; ++i) {
+    const PageKind kind = plan.kinds[i];
+    if (kind == PageKind::kThp && !shmem_thp()) continue;
+    if (is_hugetlb(kind) && backing_off(kind)) continue;
+    r = make(nbytes, kind, node, error);
+    if (is_hugetlb(kind)) {
+      if (r == nullptr) ++refused;
+      note_outcome(kind, r != nullptr);
+    }
+  }
   std::lock_guard<std::mutex> guard(mu_);
+  stats_.num_map_failures += refused;
   if (r == nullptr) {
     ++stats_.num_failures;
     return nullptr;
@@ -94,6 +104,28 @@ SharedRegion* SharedMemory::create(size_t nbytes, const Plan& plan, int node, in
   if (r->kind != plan.kinds[0]) ++stats_.num_fallbacks;
   stats_.in_use[static_cast<int>(r->kind)].add(static_cast<int64_t>(r->size));
   return r;
+}
+
+// A dry hugetlb pool (or a cgroup limit, met only after faulting pages in up to it) would cost a
+// failing attempt per batch: after a refusal the kind is skipped for 1, 2, 4, ... up to 64
+// creations, until one succeeds or release_idle() ends the back-off.
+bool SharedMemory::backing_off(PageKind kind) {
+  std::atomic<uint32_t>& skip = skip_[kind == PageKind::kHugetlb1G];
+  uint32_t left = skip.load(std::memory_order_relaxed);
+  while (left > 0 && !skip.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) {
+  }
+  return left > 0;
+}
+
+void SharedMemory::note_outcome(PageKind kind, bool ok) {
+  const int k = kind == PageKind::kHugetlb1G;
+  if (ok) {
+    span_[k].store(0, std::memory_order_relaxed);
+    return;
+  }
+  const uint32_t next = std::min<uint32_t>(std::max<uint32_t>(1, 2 * span_[k].load(std::memory_order_relaxed)), 64);
+  span_[k].store(next, std::memory_order_relaxed);
+  skip_[k].store(next, std::memory_order_relaxed);
 }
 
 bool SharedMemory::shmem_thp() {
@@ -297,6 +329,10 @@ size_t SharedMemory::reap() {
 }
 
 size_t SharedMemory::release_idle() {
+  for (int k = 0; k < 2; ++k) {  // pages may have come back: ask the kernel again
+    skip_[k].store(0, std::memory_order_relaxed);
+    span_[k].store(0, std::memory_order_relaxed);
+  }
   std::vector<SharedRegion*> dropped;
   {
     std::lock_guard<std::mutex> guard(mu_);

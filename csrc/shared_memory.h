@@ -61,6 +61,7 @@ struct SharedStats {
   int64_t num_reuses = 0;          // storages placed on an idle region (no system call)
   int64_t num_unmaps = 0;
   int64_t num_fallbacks = 0;       // regions not of the plan's first kind
+  int64_t num_map_failures = 0;    // hugetlb files the kernel refused (then the kind backs off)
   int64_t num_failures = 0;        // creations no kind could serve
 };
 
@@ -93,7 +94,8 @@ class SharedMemory {
 
   // Drops idle received mappings whose owner retired the region or is gone. Returns bytes unmapped.
   size_t reap();
-  // Drops every idle region, owned and received (empty_cache()). Returns bytes unmapped.
+  // Drops every idle region, owned and received, and ends the hugetlb back-off (empty_cache()).
+  // Returns bytes unmapped.
   size_t release_idle();
   void set_max_idle(size_t bytes) { max_idle_.store(bytes, std::memory_order_relaxed); }
 
@@ -109,11 +111,13 @@ class SharedMemory {
 
  private:
   SharedRegion* make(size_t nbytes, PageKind kind, int node, int* error);
-  bool shmem_thp();
+  bool shmem_thp();  // /sys/kernel/mm/transparent_hugepage/shmem_enabled allows advised THP
+  bool backing_off(PageKind kind);            // REQUIRES: a hugetlb kind
+  void note_outcome(PageKind kind, bool ok);  // REQUIRES: a hugetlb kind
   // Takes list[j] out of an idle list for a new storage (REQUIRES: mu_).
   SharedRegion* reuse(std::vector<SharedRegion*>& list, size_t j);
   // A record for a mapping of `fd`; on failure (no memory for it) the mapping and fd are released.
-  SharedRegion* adopt(void* base, size_t size, int fd, FileId id, bool owned, int* error);  // /sys/kernel/mm/transparent_hugepage/shmem_enabled allows advised THP
+  SharedRegion* adopt(void* base, size_t size, int fd, FileId id, bool owned, int* error);
   // Takes regions out of the idle lists (REQUIRES: mu_): those `drop` says, then the oldest
   // while over the limit. They are unmapped by the caller after the lock is released.
   template <typename Drop>
@@ -131,6 +135,9 @@ class SharedMemory {
   std::atomic<uint64_t> generation_{0};
   std::atomic<size_t> max_idle_{size_t{1} << 30};
   std::atomic<int> shmem_thp_{-1};  // -1: not read yet
+  // Back-off of the hugetlb kinds ([0] 2 MiB, [1] 1 GiB): creations still to skip, and the last span.
+  std::atomic<uint32_t> skip_[2] = {};
+  std::atomic<uint32_t> span_[2] = {};
   SharedStats stats_;  // REQUIRES: mu_
 };
 

@@ -25,6 +25,7 @@ from ._api import (
     uninstall,
 )
 from ._errors import ConfigError
+from ._weights import to_hugepages
 
 __all__ = [
     "ConfigError",
@@ -37,6 +38,7 @@ __all__ = [
     "memory_summary",
     "placement",
     "reset_peak_memory_stats",
+    "to_hugepages",
     "uninstall",
 ]
 __version__ = "0.1.0"

@@ -5,25 +5,30 @@ def test_fifty_cycles_of_64_mib_take_almost_no_page_faults(pools, python):
     pools.ensure_free("2M", 64)
     r = python("""
         def cycles():
-            start = minflt()
+            faults = []
             for i in range(50):
+                start = minflt()
                 t = torch.empty(64 << 20, dtype=torch.uint8)
                 t.fill_(i)
                 assert t[12345].item() == i
                 del t
-            return minflt() - start
-        default_faults = cycles()
+                faults.append(minflt() - start)
+            return faults
+        default_faults = sum(cycles())
         hpa.install()
         ours = cycles()
         s = hpa.memory_stats()
-        report(default=default_faults, ours=ours, hits=s["num_cache_hits.hugetlb_2M"], maps=s["num_maps.hugetlb_2M"])
+        report(default=default_faults, first=ours[0], rest=sum(ours[1:]),
+               hits=s["num_cache_hits.hugetlb_2M"], maps=s["num_maps.hugetlb_2M"])
     """)
-    # The 64 MiB mapping is populated once (32 faults of 2 MiB), and a 32 MiB segment for small
-    # temporaries (16); everything after is reuse.
-    assert r["ours"] <= 128, r.values
+    # The first cycle maps and populates the 64 MiB segment (32 faults of 2 MiB) and touches the
+    # pool's own bookkeeping for the first time (a few dozen 4 KiB faults, more or fewer with the
+    # process's memory layout); every cycle after it is reuse: no fault at all.
+    assert r["rest"] <= 4, r.values
+    assert r["first"] <= 256, r.values
     assert r["maps"] <= 2 and r["hits"] >= 49
     # The default allocator maps and unmaps 64 MiB each time: 16384 faults of 4 KiB per cycle.
-    assert r["default"] > 1000 * r["ours"], r.values
+    assert r["default"] > 1000 * (r["first"] + r["rest"]), r.values
 
 
 def test_a_freed_span_serves_a_smaller_request_and_another_packs_beside_it(pools, python):

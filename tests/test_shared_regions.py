@@ -198,3 +198,19 @@ def test_an_unexpected_torch_internal_leaves_pytorch_in_charge_with_a_warning(po
     """)
     assert r["installed"] and not r["region"]
     assert len(r["warnings"]) == 1 and "_new_shared" in r["warnings"][0] and "PyTorch's own path" in r["warnings"][0]
+
+
+def test_a_dry_pool_is_not_asked_for_every_region(pools, python):
+    """With no free 2 MiB page, shared storages fall back; after a refusal the kernel is asked again
+    only after 1, 2, 4, ... creations, not for every batch; empty_cache() ends the back-off."""
+    pools.set_free("2M", 0)
+    r = python(setup=NEW, code="""
+        hpa.install()
+        held = [new(4 * MiB) for _ in range(10)]   # all alive: no region to reuse
+        refused = stat("num_shared_map_failures")
+        hpa.empty_cache()
+        held.append(new(4 * MiB))
+        report(refused=refused, after=stat("num_shared_map_failures"), fallbacks=stat("num_shared_fallbacks"))
+    """)
+    assert r["refused"] == 3, r.values  # asked at the 1st, 3rd and 6th creation
+    assert r["after"] == 4 and r["fallbacks"] == 11
