@@ -224,23 +224,25 @@ Plan HugePageAllocator::shared_plan(size_t nbytes) const {
   return plan;
 }
 
-c10::Storage HugePageAllocator::new_shared(size_t nbytes) {
+c10::DataPtr HugePageAllocator::shared_data(size_t nbytes) {
   int error = 0;
   const int node = topology_.num_nodes() > 1 ? current_node() : -1;
   SharedRegion* r = shared_.create(nbytes, shared_plan(nbytes), node, &error);
-  if (r == nullptr) return c10::Storage();
-  return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, wrap_shared(r), /*allocator=*/nullptr,
+  return r == nullptr ? c10::DataPtr() : wrap_shared(r);
+}
+
+c10::Storage HugePageAllocator::new_shared(size_t nbytes) {
+  c10::DataPtr data = shared_data(nbytes);
+  if (!data) return c10::Storage();
+  return c10::Storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data), /*allocator=*/nullptr,
                       /*resizable=*/false);
 }
 
 bool HugePageAllocator::move_to_shared(const c10::Storage& storage) {
   const size_t nbytes = storage.nbytes();
-  int error = 0;
-  const int node = topology_.num_nodes() > 1 ? current_node() : -1;
-  SharedRegion* r = shared_.create(nbytes, shared_plan(nbytes), node, &error);
-  if (r == nullptr) return false;
-  c10::DataPtr data = wrap_shared(r);
-  if (nbytes > 0) std::memcpy(data.get(), storage.data(), nbytes);
+  c10::DataPtr data = shared_data(nbytes);
+  if (!data) return false;
+  std::memcpy(data.get(), storage.data(), nbytes);
   c10::StorageImpl* impl = storage.unsafeGetStorageImpl();
   impl->set_data_ptr_noswap(std::move(data));
   impl->set_allocator(nullptr);

@@ -114,6 +114,7 @@ class HugePageAllocator final : public c10::Allocator {
   void delete_foreign(void* ptr);
   static void delete_shared(void* region);  // the deleter of shared storages
   c10::DataPtr wrap_shared(SharedRegion* r);
+  c10::DataPtr shared_data(size_t nbytes);  // a region for nbytes (> 0), or an empty DataPtr
 
   Os& os_;
   Topology topology_;
