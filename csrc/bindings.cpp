@@ -279,6 +279,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_size", [](uintptr_t ptr) {
     return HugePageAllocator::get().pool().block_size(reinterpret_cast<void*>(ptr));
   }, "Size of this allocator's block starting at (or small object at) `ptr`; 0 if not ours");
+  m.def("page_kind_at", [](uintptr_t ptr) {
+    return HugePageAllocator::get().pool().kind_at(reinterpret_cast<void*>(ptr));
+  }, "The page kind (PageKind number) of the pool's memory at `ptr`; -1 if the pool maps none there");
+  m.def("discard_pages", [](uintptr_t ptr, size_t nbytes) {
+    const int error = hpa::real_os().discard(reinterpret_cast<void*>(ptr), nbytes);
+    TORCH_CHECK(error == 0, "hugepage_allocator: madvise(MADV_DONTNEED) of ", nbytes, " bytes at ",
+                reinterpret_cast<void*>(ptr), " failed: ", std::strerror(error));
+  }, "Drops this process's page-table entries of the whole pages inside a range of a file mapping");
   m.def("page_kind_names", [] {
     std::vector<std::string> names;
     for (int k = 0; k < hpa::kNumPageKinds; ++k) names.push_back(hpa::page_kind_name(static_cast<hpa::PageKind>(k)));

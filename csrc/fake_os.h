@@ -51,6 +51,7 @@ class FakeOs final : public Os {
   int file_info(int, FileId*, size_t*) override { return ENOSYS; }
   int process_id() override { return 1; }
   bool process_alive(int) override { return true; }
+  int discard(void*, size_t) override { return ENOSYS; }
 
   // Test controls.
   void set_cpu(int cpu) { cpu_ = cpu; }

@@ -278,6 +278,14 @@ class LinuxOs final : public Os {
   int process_id() override { return static_cast<int>(getpid()); }
 
   bool process_alive(int pid) override { return kill(pid, 0) == 0 || errno == EPERM; }
+
+  int discard(void* addr, size_t size) override {
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(addr) + page - 1) & ~(page - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(addr) + size) & ~(page - 1);
+    if (hi <= lo) return 0;
+    return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) == 0 ? 0 : errno;
+  }
 };
 
 }  // namespace

@@ -143,6 +143,14 @@ class Os {
   // This process's id, and whether process `pid` still exists (kill(pid, 0)).
   virtual int process_id() = 0;
   virtual bool process_alive(int pid) = 0;
+
+  // --- Weights (hugepage_allocator/_weights.py).
+
+  // Drops the page-table entries of the whole pages inside [addr, addr + size) of a file mapping
+  // (MADV_DONTNEED): the process stops holding them; the file's pages stay in the page cache, and
+  // a later read maps them again (with the file's bytes: written copy-on-write pages are lost).
+  // Returns an errno value, 0 on success (also when the range holds no whole page).
+  virtual int discard(void* addr, size_t size) = 0;
 };
 
 // The real Linux implementation. Stateless; one instance lives for the whole process.

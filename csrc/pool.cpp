@@ -121,6 +121,16 @@ size_t Pool::block_size(const void* p) const {
   return 0;
 }
 
+int Pool::kind_at(const void* p) const {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  const Segment* seg = maps_.segments.get(addr);
+  if (seg == nullptr) return -1;
+  // A composite segment (1 GiB kind) has 2 MiB pages after its head of 1 GiB pages.
+  if (seg->kind == PageKind::kHugetlb1G && seg->head_1g > 0 && addr >= seg->start + seg->head_1g)
+    return static_cast<int>(PageKind::kHugetlb2M);
+  return static_cast<int>(seg->kind);
+}
+
 std::string Pool::describe(const void* p) const {
   const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
   char buf[512];

@@ -74,6 +74,9 @@ class Pool final : private SlabSource, private IdleGauge {
   size_t block_size(const void* p) const;
   // Whether `p` lies inside a segment the pool maps now, block or not. Lock-free.
   bool holds(const void* p) const { return maps_.segments.get(reinterpret_cast<uintptr_t>(p)) != nullptr; }
+  // The kind of the pages under `p` when it lies inside a segment the pool maps now, else -1.
+  // Lock-free, racy against the segment's unmapping: for a block the caller holds.
+  int kind_at(const void* p) const;
   // What the pool knows of address `p`, in words, for a fatal message: the segment holding it
   // (range, kind, node, inherited), the span or slab there, or the range it gave back that held
   // it. Racy reads: only for a process about to stop.

@@ -189,6 +189,26 @@ void test_no_page_kind_left_is_a_null_block() {
   t.check_empty();
 }
 
+void test_kind_at_names_the_pages_under_an_address() {
+  TestPool t(1, 512, 1);
+  Block big = t.alloc(kGiB + 8 * kMiB);  // one 1 GiB page, then 2 MiB pages (a composite segment)
+  CHECK(big.ptr != nullptr);
+  const char* p = static_cast<const char*>(big.ptr);
+  CHECK(t.pool->kind_at(p) == static_cast<int>(PageKind::kHugetlb1G));
+  CHECK(t.pool->kind_at(p + kGiB - 1) == static_cast<int>(PageKind::kHugetlb1G));
+  CHECK(t.pool->kind_at(p + kGiB + 4 * kMiB) == static_cast<int>(PageKind::kHugetlb2M));
+  Block mid = t.alloc(8 * kMiB, 0, kind_bit(PageKind::kHugetlb2M));
+  CHECK(t.pool->kind_at(mid.ptr) == static_cast<int>(PageKind::kHugetlb2M));
+  Block small = t.alloc(100, 0, kind_bit(PageKind::kThp));
+  CHECK(t.pool->kind_at(small.ptr) == static_cast<int>(PageKind::kThp));
+  int local = 0;
+  CHECK(t.pool->kind_at(&local) == -1);  // not the pool's memory
+  for (Block* b : {&big, &mid, &small}) t.pool->free(b->ptr);
+  t.pool->release();
+  CHECK(t.pool->kind_at(p) == -1);  // given back: no longer mapped by the pool
+  t.check_empty();
+}
+
 void test_max_cached_zero_gives_whole_segments_back_on_free() {
   TestPool t(1, 512, 0);
   t.pool->set_max_cached(0);
@@ -336,6 +356,7 @@ int main() {
       TEST(test_a_dry_pool_falls_back_and_pages_that_come_back_are_used_again),
       TEST(test_a_failing_populate_is_a_fallback_not_a_crash),
       TEST(test_no_page_kind_left_is_a_null_block),
+      TEST(test_kind_at_names_the_pages_under_an_address),
       TEST(test_max_cached_zero_gives_whole_segments_back_on_free),
       TEST(test_blocks_on_four_nodes_go_back_to_their_own_heaps),
       TEST(test_after_fork_the_child_never_reuses_inherited_memory_and_unmaps_it_when_freed),
