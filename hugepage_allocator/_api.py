@@ -14,6 +14,7 @@ from ._errors import ConfigError
 _KIND_1G, _KIND_2M, _KIND_THP, _KIND_BASE = 0, 1, 2, 3
 _PAGE_SIZE_KIND = {"2M": _KIND_2M, "1G": _KIND_1G}
 _UNLIMITED = (1 << 64) - 1
+_installed: dict[str, Any] | None = None  # the settings of the last install()
 
 
 def _native():
@@ -69,6 +70,7 @@ def install(config: Any = None, **settings: Any) -> None:
     Call it before other threads allocate tensors (PyTorch's allocator switch is not thread-safe).
     Raises ConfigError for a bad setting.
     """
+    global _installed
     values = _settings.resolve(config, settings)
     max_cached = values["max_cached"]
     numa_mode, numa_nodes = _numa(values["numa_policy"])
@@ -78,6 +80,10 @@ def install(config: Any = None, **settings: Any) -> None:
     from . import _shared  # noqa: PLC0415
 
     _shared.enable(values["shared_memory"])
+    from . import _weights  # noqa: PLC0415
+
+    _weights.enable(values["move_weights"])
+    _installed = values
     if values["prefault"]:
         # Taken, touched (hugetlb memory is faulted in when mapped, THP and base pages only now)
         # and freed: it stays in the pool for the first requests.
@@ -93,10 +99,18 @@ def uninstall() -> None:
     through whichever allocator is current) are still freed correctly. Cached pages stay in the
     pool until ``empty_cache()``.
     """
+    global _installed
     _native().uninstall()
-    from . import _shared  # noqa: PLC0415
+    from . import _shared, _weights  # noqa: PLC0415
 
     _shared.enable(False)
+    _weights.enable(False)
+    _installed = None
+
+
+def installed_settings() -> dict[str, Any] | None:
+    """The validated settings of the install() in effect, or None when not installed."""
+    return dict(_installed) if _installed is not None and is_installed() else None
 
 
 def is_installed() -> bool:

@@ -214,6 +214,16 @@ SETTINGS: tuple[Setting, ...] = (
         "unmaps them all.",
         parse_size,
     ),
+    Setting(
+        "move_weights", True, "true or false",
+        "Model weights a loader left on a file mapping (safetensors, torch.load(mmap=True)) move "
+        "onto free explicit huge pages when transformers' from_pretrained returns and after "
+        "load_state_dict(..., assign=True): 1 GiB pages while whole GiBs of weights are left, then "
+        "2 MiB. Weights no free explicit huge page can hold stay on the file; so does a state dict "
+        "nothing has loaded into a model. false: weights stay where the loader put them "
+        "(to_hugepages() still moves them).",
+        parse_bool,
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
