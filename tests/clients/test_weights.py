@@ -71,7 +71,9 @@ def test_to_hugepages_moves_loaded_weights_and_lets_the_file_go(pools, twin):
     view, and every value (nested optimizer state included) equal to the default's. Progress is
     reported storage by storage up to the total."""
     pools.ensure_free("2M", 256)
-    default, ours = twin.both(WEIGHTS, timeout=240)
+    # The setting off: from_pretrained leaves the weights where safetensors put them, as it does
+    # in the default run (test_the_setting_... below covers the setting).
+    default, ours = twin.both(WEIGHTS, env={"HUGEPAGE_ALLOCATOR_CONF": "move_weights:false"}, timeout=240)
     for run in (default, ours):
         assert run["before"]["pages"] == ["file:./gpt2-" + ("hugepage" if run is ours else "default") + "/model.safetensors"]
         assert run["before"]["mapped"] and run["mmap_before"]["mapped"]
@@ -87,3 +89,114 @@ def test_to_hugepages_moves_loaded_weights_and_lets_the_file_go(pools, twin):
     m = ours["mmap_after"]
     assert m["pages"] == ["2M"] and not m["mapped"] and m["view_shares"], m
     assert m["digest"] == default["mmap_after"]["digest"]
+
+
+LOADS = """
+    import glob
+    import safetensors.torch as st
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def place(tensors):
+        return sorted({where(t).replace(os.getcwd(), ".") for t in tensors})
+
+    def file_mapped(name):
+        with open("/proc/self/maps") as f:
+            return any(line.rstrip().endswith(name) for line in f)
+
+    def status():
+        with open("/proc/self/status") as f:
+            return {l.split(":")[0]: int(l.split()[1]) << 10 for l in f
+                    if l.startswith(("VmHWM", "VmRSS"))}
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=8192, n_positions=256, n_embd=512, n_layer=4, n_head=8,
+                        bos_token_id=0, eos_token_id=1)
+    GPT2LMHeadModel(config).save_pretrained("gpt2")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM from here on: the peak of the load alone
+    before = status()
+    model = GPT2LMHeadModel.from_pretrained("gpt2").eval()
+    after = status()
+    sizes = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    prompt = torch.tensor([[5, 17, 301, 42, 7, 999, 3, 64], [11, 12, 13, 14, 15, 16, 17, 18]])
+    tokens = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16,
+                            do_sample=False, pad_token_id=0).tolist()
+    pretrained = {"pages": place(model.parameters()), "mapped": file_mapped("model.safetensors"),
+                  "tokens": tokens, "state": digest(model.state_dict()),
+                  "tied": model.lm_head.weight is model.transformer.wte.weight,
+                  "requires_grad": all(p.requires_grad for p in model.parameters()),
+                  "peak_growth": after["VmHWM"] - before["VmRSS"],
+                  "largest": max(sizes.values()), "total": sum(sizes.values())}
+
+    # A plain module built on the meta device, then assigned a state dict that maps its file.
+    def net():
+        return torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+
+    torch.manual_seed(1)
+    source = net()
+    state = source.state_dict()
+    torch.save(state, "net.pt")
+    st.save_file(state, "net.safetensors")
+    x = torch.randn(4, 1024)
+    expected = digest(source(x))
+    loads = {}
+    for name, load in [("torch.load mmap=True", lambda: torch.load("net.pt", mmap=True)),
+                       ("torch.load", lambda: torch.load("net.pt")),
+                       ("safetensors load_file", lambda: st.load_file("net.safetensors"))]:
+        for assign in (True, False):
+            if assign:
+                with torch.device("meta"):
+                    module = net()
+            else:
+                module = net()
+            module.load_state_dict(load(), assign=assign)
+            loads[f"{name}, assign={assign}"] = {"pages": place(module.parameters()), "same": digest(module(x)) == expected,
+                                                 "requires_grad": all(p.requires_grad for p in module.parameters())}
+    module = net()
+    st.load_model(module, "net.safetensors")
+    loads["safetensors load_model"] = {"pages": place(module.parameters()), "same": digest(module(x)) == expected,
+                                       "requires_grad": True}
+    raw = st.load_file("net.safetensors")
+    report(pretrained=pretrained, loads=loads, raw_state_dict=place(raw.values()))
+"""
+
+
+def test_weights_loaded_the_ordinary_way_land_on_huge_pages(pools, twin):
+    """Proves the move_weights setting (on by default) with no call of this package in the client
+    code: from_pretrained's GPT-2 weights end on 2 MiB pages, with the file's pages no longer
+    mapped, the tied embedding still tied, requires_grad kept; generation gives the default run's
+    tokens and the state equals the default's bit for bit. The load's peak resident memory grows by
+    at most the largest weight (plus 8 MiB of the loader's own) over what the process held before,
+    while every weight is read through the file's mapping: the file's pages are let go storage by
+    storage, not all at the end (the pool's copies are hugetlb memory, which VmHWM does not count). nn.Module.load_state_dict(..., assign=True) of
+    torch.load(mmap=True)'s, torch.load's and safetensors' load_file's state dicts: on 2 MiB pages;
+    without assign (copies into the module's own parameters) and safetensors' load_model: on 2 MiB
+    pages already. A state dict nothing loaded into a model stays on its file, in both runs."""
+    pools.ensure_free("2M", 256)
+    default, ours = twin.both(LOADS, timeout=300)
+    p, d = ours["pretrained"], default["pretrained"]
+    assert p["pages"] == ["2M"] and not p["mapped"], p
+    assert d["pages"] == ["file:./gpt2/model.safetensors"] and d["mapped"], d
+    assert p["tied"] and d["tied"] and p["requires_grad"]
+    assert p["tokens"] == d["tokens"] and p["state"] == d["state"]
+    assert p["peak_growth"] <= p["largest"] + (8 << 20), p
+    for name, load in ours["loads"].items():
+        assert load["same"] and load["requires_grad"], name
+        assert load["pages"] == ["2M"], (name, load)
+        assert default["loads"][name]["same"], name
+    mapped_by_default = {n for n, load in default["loads"].items() if load["pages"][0].startswith("file:")}
+    assert mapped_by_default == {"torch.load mmap=True, assign=True", "safetensors load_file, assign=True"}
+    assert ours["raw_state_dict"] == default["raw_state_dict"] == ["file:./net.safetensors"]
+
+
+def test_the_move_weights_setting_off_leaves_weights_where_the_loader_put_them(pools, twin):
+    """Proves the setting can be turned off: with move_weights:false the allocator run's loaded
+    weights are where the default run's are (the file's mapping), for from_pretrained and for
+    load_state_dict(assign=True)."""
+    pools.ensure_free("2M", 256)
+    off = twin.run(LOADS, allocator="hugepage", env={"HUGEPAGE_ALLOCATOR_CONF": "move_weights:false"}, timeout=300)
+    assert off["installed"]
+    assert off["pretrained"]["pages"] == ["file:./gpt2/model.safetensors"] and off["pretrained"]["mapped"]
+    assert off["loads"]["torch.load mmap=True, assign=True"]["pages"] == ["file:./net.pt"]
+    assert off["loads"]["safetensors load_file, assign=True"]["pages"] == ["file:./net.safetensors"]
+    assert off["loads"]["torch.load, assign=False"]["pages"] == ["2M"]
