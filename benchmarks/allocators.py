@@ -44,6 +44,9 @@ ALLOCATORS = [
     Allocator("hpa-2M-prefault", "this allocator, 2 MiB pages, pool faulted in at start (`prefault`)",
               {**_HPA, "HUGEPAGE_ALLOCATOR_CONF": "page_sizes:[2M],prefault:{prefault}"}, hugetlb=("2M",),
               workloads=("first_touch", "inference")),
+    Allocator("hpa-2M-mapped", "this allocator, 2 MiB pages, `move_weights:false`: loaded weights stay on the "
+              "file's mapping", {**_HPA, "HUGEPAGE_ALLOCATOR_CONF": "page_sizes:[2M],move_weights:false"},
+              hugetlb=("2M",), workloads=("generate",)),
     Allocator("torch-thp", "PyTorch's THP switch (THP_MEM_ALLOC_ENABLE=1: madvise on blocks of 2 MiB and up)",
               {"THP_MEM_ALLOC_ENABLE": "1"}),
     Allocator("glibc-thp", "glibc malloc with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (madvise THP)",

@@ -10,6 +10,7 @@ measures, which exclude the round trip.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -79,8 +80,9 @@ def _misplaced(work, alloc, info) -> bool:
     if not allocators.can_reserve():
         return False  # without root the pages are what is free: measuring again changes nothing
     want = harness.expected_pages(alloc)
-    got = next((info[k] for k in report.PAGE_KEYS if k in info), None)
-    return want is not None and got is not None and any(p != want for p in got.split(", "))
+    # The weights of `generate` are not judged here: where they end is what its configurations differ in.
+    got = next((info[k] for k in ("table pages", "pages") if k in info), None)
+    return want is not None and got is not None and any(p != want for p in re.split("[;,] ", got))
 
 
 def _rounds(work, alloc, case, pedantic):
@@ -100,8 +102,8 @@ def _rounds(work, alloc, case, pedantic):
             def finish_round():
                 one_round()
                 for k, v in state["worker"].finish().items():  # a process a round: keep each's
-                    seen = info[k].split(", ") if k in info else []
-                    info[k] = ", ".join(seen if v in seen else seen + [v])
+                    seen = info[k].split("; ") if k in info else []
+                    info[k] = "; ".join(seen if v in seen else seen + [v])
             pedantic(finish_round, setup=start, rounds=rounds, iterations=1)
         else:
             start()

@@ -583,4 +583,150 @@ class DataLoaderBatches(Workload):
         return {"pages": self.pages}
 
 
-GROUPS = {w.name: w for w in (HotPath, Churn, FirstTouch, Gather, Training, Inference, DataLoaderBatches)}
+# ---------------------------------------------------------------------------------------------
+# 8. Generation with a loaded language model (weights from a file)
+
+_GENERATE = (Metric("tok_s_b1", "tokens/s, batch 1", higher_is_better=True),
+             Metric("tok_s_b8", "tokens/s, batch 8", higher_is_better=True),
+             Metric("load_s", "load s"),
+             Metric("ready_s", "load + 4 tokens s"))
+_GPT2 = {"GPT-2 124M": {"n_embd": 768, "n_layer": 12, "n_head": 12},
+         "GPT-2 355M": {"n_embd": 1024, "n_layer": 24, "n_head": 16}}
+_GPT2_WEIGHTS = {"GPT-2 124M": 475 * MiB, "GPT-2 355M": 1354 * MiB}  # float32, tied lm_head counted once
+
+
+def weights_pages(tensors) -> str:
+    """How the kernel backs the bytes of `tensors`, from /proc/self/smaps: e.g. '2M 100%' or
+    '1G 76%, 2M 24%' (hugetlb by page size, 'file' for a file's 4 KiB pages, '4K' anonymous)."""
+    spans = []  # (lo, hi, label) of every mapping
+    with open("/proc/self/smaps") as f:
+        lo = hi = None
+        path = ""
+        for line in f:
+            fields = line.split()
+            head = fields[0]
+            if not head.endswith(":"):
+                if lo is not None:
+                    spans.append((lo, hi, label))
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                path = fields[5] if len(fields) > 5 else ""
+                label = "file" if path.startswith("/") and not path.startswith("/dev/") else "4K"
+            elif head == "KernelPageSize:":
+                kb = int(fields[1])
+                if kb >= 1 << 20:
+                    label = "1G"
+                elif kb >= 2048:
+                    label = "2M"
+        if lo is not None:
+            spans.append((lo, hi, label))
+    spans.sort()
+    starts = [s[0] for s in spans]
+    import bisect
+
+    by: dict = {}
+    seen = set()
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        i = bisect.bisect_right(starts, storage.data_ptr()) - 1
+        label = spans[i][2] if i >= 0 and storage.data_ptr() < spans[i][1] else "?"
+        by[label] = by.get(label, 0) + storage.nbytes()
+    total = max(sum(by.values()), 1)
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+class Generate(Workload):
+    name = "generate"
+    title = "Text generation with a loaded GPT-2"
+    cases = tuple(Case(name, _GENERATE) for name in _GPT2)
+    rounds = (3, 0)
+    quick_rounds = (1, 0)
+    process_per = "round"  # the load is a fresh process's: pages faulted in, nothing cached
+    allocators = ("default", "hpa-2M", "hpa-2M-mapped", "hpa-1G", "torch-thp", "tcmalloc")
+
+    @property
+    def tokens(self):
+        return 4 if self.quick else 24
+
+    @property
+    def about(self):
+        return (f"A transformers GPT-2 (random weights from a config: 124M, and 355M with d_model 1024, 24 "
+                f"layers, 16 heads; float32) saved once with `save_pretrained` (safetensors), then in a fresh "
+                f"process per round: `from_pretrained` (load s: CPU time, including this allocator's move of "
+                f"the weights onto huge pages; the file is in the page cache), one warm-up generation of 4 "
+                f"tokens at batch 1 (load + 4 tokens s: where a mapping's pages are first read), then greedy generation of {self.tokens} new tokens from 32-token prompts at batch 1 "
+                f"and batch 8 (tokens/s: new tokens of the batch per CPU second). `hpa-2M-mapped` is this "
+                f"allocator with `move_weights:false`: the weights stay on the file's mapping.")
+
+    def hugetlb_need(self):
+        most = max(_GPT2_WEIGHTS.values())
+        beside = max(w % GiB if w >= GiB else w for w in _GPT2_WEIGHTS.values())
+        return {"2M": most + 512 * MiB, "1G": GiB, "2M beside 1G": beside + 512 * MiB}
+
+    def _files(self, case):
+        """The model's folder, made once per machine (random weights, seeded)."""
+        import os
+        import tempfile
+
+        folder = os.path.join(tempfile.gettempdir(), "hugepage-allocator-bench",
+                              case.replace(" ", "-").lower())
+        if os.path.exists(os.path.join(folder, "config.json")):
+            return folder
+        import shutil
+
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(**_GPT2[case]))
+        staging = f"{folder}.{os.getpid()}"
+        model.save_pretrained(staging)
+        del model
+        shutil.rmtree(folder, ignore_errors=True)
+        os.rename(staging, folder)
+        return folder
+
+    def setup(self, case):
+        import torch
+
+        _set_threads()
+        self.torch = torch
+        self.folder = self._files(case)
+        from transformers import GPT2LMHeadModel
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        self.model_class = GPT2LMHeadModel
+        g = torch.Generator().manual_seed(1)
+        self.prompts = torch.randint(50257, (8, 32), generator=g)
+        return {}
+
+    def _generate(self, batch, tokens):
+        torch = self.torch
+        ids = self.prompts[:batch]
+        clock = Clock()
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                      min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+        assert out.shape == (batch, ids.shape[1] + tokens)
+        return batch * tokens * 1000 / clock.ms()["ms"]
+
+    def run(self, case):
+        clock = Clock()
+        self.model = self.model_class.from_pretrained(self.folder).eval()
+        load = clock.ms()
+        self._generate(1, 4)  # where a mapped file's pages are first read: the default pays its faults here
+        ready = clock.ms()
+        return {"tok_s_b1": self._generate(1, self.tokens), "tok_s_b8": self._generate(8, self.tokens),
+                "load_s": load["ms"] / 1000, "ready_s": ready["ms"] / 1000, "load_wall_s": load["wall_ms"] / 1000}
+
+    def finish(self):
+        return {"weights pages": weights_pages(list(self.model.parameters()))}
+
+
+GROUPS = {w.name: w for w in (HotPath, Churn, FirstTouch, Gather, Training, Inference, DataLoaderBatches,
+                               Generate)}
