@@ -35,22 +35,23 @@ def minflt() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def pages_of(tensor) -> str:
-    """How the kernel backs the mapping holding `tensor`'s first byte, from /proc/self/smaps:
-    '1G', '2M' (hugetlb), 'THP n%' (share of AnonHugePages in Rss) or '4K'."""
-    address = tensor.data_ptr()
-    fields = {}
-    inside = False
+def _mappings():
+    """Every mapping of this process from /proc/self/smaps: (lo, hi, path, {field: kB}) with the
+    fields KernelPageSize, AnonHugePages and Rss."""
+    out = []
     with open("/proc/self/smaps") as f:
         for line in f:
-            head = line.split(None, 1)[0]
+            fields = line.split()
+            head = fields[0]
             if not head.endswith(":"):
-                if inside:
-                    break
                 lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= address < hi
-            elif inside and head in ("KernelPageSize:", "AnonHugePages:", "Rss:"):
-                fields[head[:-1]] = int(line.split()[1])
+                out.append((lo, hi, fields[5] if len(fields) > 5 else "", {}))
+            elif head in ("KernelPageSize:", "AnonHugePages:", "Rss:"):
+                out[-1][3][head[:-1]] = int(fields[1])
+    return out
+
+
+def _label(path: str, fields: dict) -> str:
     kb = fields.get("KernelPageSize", 4)
     if kb >= 1 << 20:
         return "1G"
@@ -58,6 +59,16 @@ def pages_of(tensor) -> str:
         return "2M"
     if fields.get("AnonHugePages"):
         return f"THP {100 * fields['AnonHugePages'] // max(fields['Rss'], 1)}%"
+    return "file" if path.startswith("/") and not path.startswith("/dev/") else "4K"
+
+
+def pages_of(tensor) -> str:
+    """How the kernel backs the mapping holding `tensor`'s first byte, from /proc/self/smaps:
+    '1G', '2M' (hugetlb), 'THP n%' (share of AnonHugePages in Rss), 'file' or '4K'."""
+    address = tensor.data_ptr()
+    for lo, hi, path, fields in _mappings():
+        if lo <= address < hi:
+            return _label(path, fields)
     return "4K"
 
 
@@ -597,42 +608,21 @@ _GPT2_WEIGHTS = {"GPT-2 124M": 475 * MiB, "GPT-2 355M": 1354 * MiB}  # float32, 
 
 def weights_pages(tensors) -> str:
     """How the kernel backs the bytes of `tensors`, from /proc/self/smaps: e.g. '2M 100%' or
-    '1G 76%, 2M 24%' (hugetlb by page size, 'file' for a file's 4 KiB pages, '4K' anonymous)."""
-    spans = []  # (lo, hi, label) of every mapping
-    with open("/proc/self/smaps") as f:
-        lo = hi = None
-        path = ""
-        for line in f:
-            fields = line.split()
-            head = fields[0]
-            if not head.endswith(":"):
-                if lo is not None:
-                    spans.append((lo, hi, label))
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                path = fields[5] if len(fields) > 5 else ""
-                label = "file" if path.startswith("/") and not path.startswith("/dev/") else "4K"
-            elif head == "KernelPageSize:":
-                kb = int(fields[1])
-                if kb >= 1 << 20:
-                    label = "1G"
-                elif kb >= 2048:
-                    label = "2M"
-        if lo is not None:
-            spans.append((lo, hi, label))
-    spans.sort()
-    starts = [s[0] for s in spans]
+    '1G 76%, 2M 24%' (labels as pages_of)."""
     import bisect
 
+    spans = sorted((lo, hi, _label(path, fields)) for lo, hi, path, fields in _mappings())
+    starts = [s[0] for s in spans]
     by: dict = {}
     seen = set()
     for t in tensors:
-        storage = t.untyped_storage()
-        if storage.data_ptr() in seen:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
             continue
-        seen.add(storage.data_ptr())
-        i = bisect.bisect_right(starts, storage.data_ptr()) - 1
-        label = spans[i][2] if i >= 0 and storage.data_ptr() < spans[i][1] else "?"
-        by[label] = by.get(label, 0) + storage.nbytes()
+        seen.add(ptr)
+        i = bisect.bisect_right(starts, ptr) - 1
+        label = spans[i][2] if i >= 0 and ptr < spans[i][1] else "?"
+        by[label] = by.get(label, 0) + t.untyped_storage().nbytes()
     total = max(sum(by.values()), 1)
     return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
 
