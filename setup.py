@@ -14,7 +14,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 def native_extension():
     debug = os.environ.get("DEBUG", "0") == "1"
-    flags = ["-std=c++20", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    flags = ["-std=c++20", "-Wall", "-Wextra", "-Wno-unused-parameter", "-mtls-dialect=gnu2"]
     flags += ["-O0", "-g"] if debug else ["-O2", "-g0"]
     return CppExtension(
         name="hugepage_allocator._C",

@@ -35,10 +35,10 @@ std::string human_bytes(size_t n) {
 }
 
 // The profiler's hooks may allocate and throw; a deleter must not.
-void report_to_profiler(void* ptr, int64_t delta, const GlobalStats& g) noexcept {
+void report_to_profiler(void* ptr, int64_t delta, const Pool& pool) noexcept {
   try {
-    c10::reportMemoryUsageToProfiler(ptr, delta, static_cast<size_t>(g.allocated_bytes.current.load()),
-                                     static_cast<size_t>(g.reserved_bytes.current.load()), kCpu);
+    c10::reportMemoryUsageToProfiler(ptr, delta, static_cast<size_t>(pool.approx_allocated_bytes()),
+                                     static_cast<size_t>(pool.reserved_bytes().current.load()), kCpu);
   } catch (...) {
   }
 }
@@ -166,7 +166,7 @@ c10::DataPtr HugePageAllocator::allocate_on(size_t nbytes, PageKind kind, int no
 
 c10::DataPtr HugePageAllocator::wrap(const Block& b) {
   c10::DataPtr data(b.ptr, b.ptr, &delete_ptr, kCpu);
-  if (c10::memoryProfilingEnabled()) report_to_profiler(b.ptr, static_cast<int64_t>(b.size), pool_.global_stats());
+  if (c10::memoryProfilingEnabled()) report_to_profiler(b.ptr, static_cast<int64_t>(b.size), pool_);
   return data;
 }
 
@@ -178,7 +178,7 @@ void HugePageAllocator::delete_ptr(void* ptr) {
     self.delete_foreign(ptr);
     return;
   }
-  if (c10::memoryProfilingEnabled()) report_to_profiler(ptr, -static_cast<int64_t>(size), self.pool_.global_stats());
+  if (c10::memoryProfilingEnabled()) report_to_profiler(ptr, -static_cast<int64_t>(size), self.pool_);
 }
 
 void HugePageAllocator::delete_foreign(void* ptr) {
@@ -265,9 +265,8 @@ c10::Storage HugePageAllocator::receive_shared(int fd, size_t nbytes, size_t siz
 void HugePageAllocator::out_of_memory(size_t nbytes, int node, const Plan& given) {
   const Plan plan = given.count > 0 ? given : plan_for(nbytes);  // small requests come without one
   num_ooms_.fetch_add(1, std::memory_order_relaxed);
-  const GlobalStats& g = pool_.global_stats();
-  const size_t allocated = static_cast<size_t>(g.allocated_bytes.current.load());
-  const size_t reserved = static_cast<size_t>(g.reserved_bytes.current.load());
+  const size_t allocated = static_cast<size_t>(pool_.allocated_bytes().bytes.current);
+  const size_t reserved = static_cast<size_t>(pool_.reserved_bytes().current.load());
   try {
     c10::reportOutOfMemoryToProfiler(static_cast<int64_t>(nbytes), allocated, reserved, kCpu);
   } catch (...) {

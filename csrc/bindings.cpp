@@ -35,7 +35,7 @@ void put_pool(StatsDict& d, const std::string& pool, const PoolStats& s) {
 #undef HPA_PUT_EVENT
 }
 
-StatsDict pool_stats(const Pool& pool) {
+StatsDict pool_stats(Pool& pool) {
   StatsDict d;
   PoolStats all;
   PoolStats by_kind[kNumPageKinds];
@@ -51,14 +51,15 @@ StatsDict pool_stats(const Pool& pool) {
   }
   for (int k = 0; k < kNumPageKinds; ++k) put_pool(d, page_kind_name(static_cast<PageKind>(k)), by_kind[k]);
   put_pool(d, "all", all);  // events summed over heaps; bytes replaced below
-  const GlobalStats& g = pool.global_stats();
-  const ByteStat allocated = g.allocated_bytes.snapshot();
+  const ThreadCaches::CallerBytes held = pool.allocated_bytes();
+  const ByteStat& allocated = held.bytes;
   put_byte(d, "allocated_bytes", "all", allocated);
-  put_byte(d, "reserved_bytes", "all", g.reserved_bytes.snapshot());
+  put_byte(d, "reserved_bytes", "all", pool.reserved_bytes().snapshot());
+  d["thread_cached_bytes.all.current"] = pool.thread_cached_bytes();
   // Requested: what callers hold less the slack of large spans (a small object counts its class).
-  d["requested_bytes.all.current"] = allocated.current - all.slack_bytes.current;
-  d["requested_bytes.all.allocated"] = allocated.allocated - all.slack_bytes.allocated;
-  d["requested_bytes.all.freed"] = allocated.freed - all.slack_bytes.freed;
+  d["requested_bytes.all.current"] = allocated.current - (held.slack_allocated - held.slack_freed);
+  d["requested_bytes.all.allocated"] = allocated.allocated - held.slack_allocated;
+  d["requested_bytes.all.freed"] = allocated.freed - held.slack_freed;
   return d;
 }
 
@@ -171,8 +172,8 @@ class FakePool {
   FakePool(int nodes, int cpus_per_node, int64_t pages_2m, int64_t pages_1g, bool thp)
       : os_(nodes, cpus_per_node, pages_2m, pages_1g, thp), topology_(os_) {
     TORCH_CHECK_VALUE(nodes >= 1 && nodes <= kMaxNodes, "FakePool: nodes must be 1..", kMaxNodes);
-    const int slot = SmallArena::claim_slot();
-    TORCH_CHECK(slot > 0, "FakePool: at most ", SmallArena::kMaxArenas - 1, " test pools at once");
+    const int slot = ThreadCaches::claim_slot();
+    TORCH_CHECK(slot > 0, "FakePool: at most ", ThreadCaches::kMaxSlots - 1, " test pools at once");
     pool_ = std::make_unique<Pool>(os_, topology_, slot);
     fork_ = std::make_unique<ForkHandler>(os_, *pool_);
   }

@@ -1,6 +1,8 @@
 #include "fake_os.h"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -25,7 +27,13 @@ int64_t FakeOs::total_free(PageKind kind) const {
   return total;
 }
 
+void FakeOs::system_call() {
+  if (!no_lock_held()) calls_under_lock_.fetch_add(1, std::memory_order_relaxed);
+}
+
 MapResult FakeOs::take(size_t size, size_t align, size_t head_1g, bool hugetlb) {
+  system_call();
+  if (const int us = map_delay_us_.load(std::memory_order_relaxed)) std::this_thread::sleep_for(std::chrono::microseconds(us));
   std::lock_guard<std::mutex> lock(mu_);
   ++map_calls_;
   if (size > (size_t{1} << 40)) return {nullptr, ENOMEM};
@@ -74,6 +82,7 @@ std::map<uintptr_t, FakeOs::Mapping>::const_iterator FakeOs::find(uintptr_t a) c
 int FakeOs::unmap(void* addr, size_t size) {
   // Like munmap: any 2 MiB-aligned part of a mapping, in any order; a mapping whose parts are
   // all gone is freed, and the pages behind each part go back to their nodes.
+  system_call();
   std::lock_guard<std::mutex> lock(mu_);
   ++unmap_calls_;
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
@@ -172,6 +181,7 @@ int FakeOs::pick_node(const Mapping& m, PageKind kind) {
 }
 
 int FakeOs::populate(void* addr, size_t size) {
+  system_call();
   std::lock_guard<std::mutex> lock(mu_);
   if (populate_failures_ > 0) {
     --populate_failures_;
@@ -207,6 +217,7 @@ int FakeOs::populate(void* addr, size_t size) {
 }
 
 int FakeOs::set_policy(void* addr, size_t, MemPolicy policy, NodeMask nodes) {
+  system_call();
   std::lock_guard<std::mutex> lock(mu_);
   const NodeMask all = nodes_ >= 64 ? ~NodeMask{0} : (node_bit(nodes_) - 1);
   if (nodes == 0 || (nodes & ~all) != 0 || policy == MemPolicy::kDefault) return EINVAL;
@@ -219,6 +230,7 @@ int FakeOs::set_policy(void* addr, size_t, MemPolicy policy, NodeMask nodes) {
 }
 
 int FakeOs::thread_policy(MemPolicy* policy, NodeMask* nodes) {
+  system_call();
   *policy = policy_;
   *nodes = policy_nodes_;
   return 0;
@@ -244,12 +256,14 @@ std::pair<MemPolicy, NodeMask> FakeOs::policy_of(uintptr_t addr) const {
 }
 
 int64_t FakeOs::hugetlb_free(PageKind kind, int node) {
+  system_call();
   std::lock_guard<std::mutex> lock(mu_);
   if (node >= 0) return node < nodes_ ? (kind == PageKind::kHugetlb1G ? free_1g_ : free_2m_)[node] : 0;
   return total_free(kind) - (kind == PageKind::kHugetlb1G ? reserved_1g_ : reserved_2m_);
 }
 
 bool FakeOs::is_mapped(const void* addr) {
+  system_call();
   std::lock_guard<std::mutex> lock(mu_);
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   auto found = find(a);
@@ -257,6 +271,7 @@ bool FakeOs::is_mapped(const void* addr) {
 }
 
 int FakeOs::read_file(const char* path, std::string* out) {
+  system_call();
   const std::string p = path;
   if (p == "/sys/devices/system/node/online") {
     *out = nodes_ == 1 ? "0\n" : "0-" + std::to_string(nodes_ - 1) + "\n";

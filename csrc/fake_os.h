@@ -1,8 +1,10 @@
 // A fake of the OS layer for tests: no mmap, no sysfs. Memory comes from the C++ heap (touched
 // only where the pool writes its free lists), hugetlb pools are counters that can run dry, and
-// the topology is whatever the test says. Every call is counted.
+// the topology is whatever the test says. Every call is counted, and so is every call made while
+// the caller holds a pool lock (Note [Lock checks], sync.h: built with HPA_LOCK_CHECKS).
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "os.h"
+#include "sync.h"
 
 namespace hpa {
 
@@ -71,6 +74,10 @@ class FakeOs final : public Os {
   size_t mapped_bytes() const;
   // Errors seen: an unmap of a range that is not (or no longer) mapped, or not 2 MiB aligned.
   int64_t bad_unmaps() const { return bad_unmaps_; }
+  // System calls made while a pool lock was held (always 0 without HPA_LOCK_CHECKS).
+  int64_t calls_under_lock() const { return calls_under_lock_.load(std::memory_order_relaxed); }
+  // Each map() takes this long first, as a kernel that zeroes the pages does (single-flight tests).
+  void set_map_delay_us(int us) { map_delay_us_.store(us, std::memory_order_relaxed); }
 
  private:
   static constexpr int8_t kNoPage = -1;
@@ -92,6 +99,7 @@ class FakeOs final : public Os {
   int pick_node(const Mapping& m, PageKind kind);
   std::map<uintptr_t, Mapping>::const_iterator find(uintptr_t addr) const;
   int64_t total_free(PageKind kind) const;  // REQUIRES: mu_
+  void system_call();  // counts a call made under a pool lock
 
   mutable std::mutex mu_;
   int nodes_;
@@ -110,6 +118,8 @@ class FakeOs final : public Os {
   int64_t map_calls_ = 0;
   int64_t unmap_calls_ = 0;
   int64_t bad_unmaps_ = 0;
+  std::atomic<int64_t> calls_under_lock_{0};
+  std::atomic<int> map_delay_us_{0};
   std::map<uintptr_t, Mapping> mappings_;
 };
 

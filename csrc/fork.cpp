@@ -14,7 +14,10 @@ void ForkHandler::register_atfork(ForkHandler* handler) {
                  [] { registered->in_child(); });
 }
 
+// The fork handlers read the kernel's free page counts and copy memory with every pool lock held:
+// other threads wait for the fork anyway (Note [Lock checks], sync.h).
 void ForkHandler::before() {
+  LockCheckExemption exempt;
   if (shared_ != nullptr) shared_->lock();
   pool_.lock_all();
   copies_.clear();
@@ -26,12 +29,14 @@ void ForkHandler::before() {
 }
 
 void ForkHandler::in_parent() {
+  LockCheckExemption exempt;
   drop_copies();
   pool_.unlock_all();
   if (shared_ != nullptr) shared_->unlock();
 }
 
 void ForkHandler::in_child() {
+  LockCheckExemption exempt;
   for (const Copy& c : copies_) (void)os_.move_mapping(c.copy, c.target, c.size);
   copies_.clear();
   pool_.unlock_all();

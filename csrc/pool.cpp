@@ -5,33 +5,59 @@
 
 namespace hpa {
 
-Pool::Pool(Os& os, const Topology& topology, int arena_slot)
+Pool::Pool(Os& os, const Topology& topology, int cache_slot)
     : topology_(topology),
       source_(os, topology),
       heap_nodes_(topology.nodes()),
       heaps_(new std::unique_ptr<SpanHeap>[static_cast<size_t>(kMaxNodes + 1) * kNumPageKinds]),
-      arena_(*this, maps_.spans, topology, arena_slot) {
+      arena_(*this, maps_.spans, topology),
+      caches_(cache_slot, &Pool::drain_thread_cache, this) {
   const IdleGauge& idle = *this;
+  Reclaimer& reclaimer = *this;
   if (topology_.num_nodes() > 1) heap_nodes_.push_back(kInterleaveNode);
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k)
       heaps_[node * kNumPageKinds + k] = std::make_unique<SpanHeap>(
-          static_cast<PageKind>(k), node, source_, maps_, global_, max_cached_, idle);
+          static_cast<PageKind>(k), node, source_, maps_, global_, max_cached_, idle, reclaimer);
 }
 
-Pool::~Pool() = default;  // the arena goes first (declared last), then the heaps unmap
+Pool::~Pool() = default;  // the caches and the arena go first (declared last), then the heaps unmap
+
+namespace {
+
+// The node a thread's cache is made for: its small objects' node.
+int cache_node(int node, const Topology& topology) {
+  return node < kMaxNodes ? node : topology.nodes().front();
+}
+
+}  // namespace
 
 Block Pool::allocate(size_t nbytes, const Route& route, const Plan& plan) {
+  ThreadCache* tc = caches_.mine(cache_node(route.home, topology_));
   if (nbytes <= kSmallMax) {
     size_t size = 0;
-    void* p = arena_.allocate(nbytes, route.home, &size);
+    bool slow = false;
+    void* p = arena_.allocate(tc, nbytes, route.home, &size, &slow);
     if (p == nullptr) return {};
-    global_.allocated_bytes.add(static_cast<int64_t>(size));
+    caches_.count_alloc(tc, static_cast<int64_t>(size));
+    if (slow && tc != nullptr) caches_.fold(tc);
     return {p, size};
+  }
+  if (tc != nullptr && nbytes <= ThreadCache::kLargeMax && plan.count > 0 && caches_large()) {
+    tc->enter();
+    Span* s = tc->take_large(nbytes, plan.kinds[0], route.home);
+    tc->leave();
+    if (s != nullptr) {
+      s->state.store(SpanState::kLarge, std::memory_order_relaxed);
+      caches_.count_alloc(tc, static_cast<int64_t>(s->bytes()), static_cast<int64_t>(s->bytes() - nbytes));
+      return {reinterpret_cast<void*>(s->begin()), s->bytes()};
+    }
   }
   Span* s = large(nbytes, route, plan, /*force=*/false);
   if (s == nullptr) s = large(nbytes, route, plan, /*force=*/true);
   if (s == nullptr) return {};
+  caches_.count_alloc(tc, static_cast<int64_t>(s->bytes()), static_cast<int64_t>(s->bytes() - nbytes));
+  if (tc != nullptr) caches_.fold(tc);
   return {reinterpret_cast<void*>(s->begin()), s->bytes()};
 }
 
@@ -40,6 +66,9 @@ Block Pool::allocate_exact(size_t nbytes, PageKind kind, int node) {
   if (node == kInterleaveNode && topology_.num_nodes() == 1) node = topology_.nodes().front();
   Span* s = nbytes > (size_t{1} << 48) ? nullptr : large_from(heap(node, kind), nbytes, /*force=*/true, 0);
   if (s == nullptr) return {};
+  ThreadCache* tc = caches_.mine(cache_node(node, topology_));
+  caches_.count_alloc(tc, static_cast<int64_t>(s->bytes()), static_cast<int64_t>(s->bytes() - nbytes));
+  if (tc != nullptr) caches_.fold(tc);
   return {reinterpret_cast<void*>(s->begin()), s->bytes()};
 }
 
@@ -49,9 +78,7 @@ Span* Pool::large_from(SpanHeap& h, size_t nbytes, bool force, uint8_t how) {
   // cached one only if it leaves under an eighth unused. Smaller requests on 1 GiB pages pack.
   const size_t max_leftover = h.kind() == PageKind::kHugetlb1G && nbytes >= kGiB ? units / 8 : SIZE_MAX;
   bool from_cache = false;
-  Span* s = h.allocate(units, nbytes, max_leftover, force, how, &from_cache);
-  if (s != nullptr) global_.allocated_bytes.add(static_cast<int64_t>(s->bytes()));
-  return s;
+  return h.allocate(units, nbytes, max_leftover, force, how, &from_cache);
 }
 
 Span* Pool::large(size_t nbytes, const Route& route, const Plan& plan, bool force) {
@@ -89,21 +116,120 @@ size_t Pool::free(void* p) {
     case SpanState::kSlab: {
       if (addr < s->begin() || addr >= s->end()) return 0;
       const size_t size = s->object_size;
-      arena_.free(p, s);
-      global_.allocated_bytes.sub(static_cast<int64_t>(size));
+      ThreadCache* tc = caches_.mine(cache_node(s->segment->node, topology_));
+      const bool slow = arena_.free(tc, p, s);
+      caches_.count_free(tc, static_cast<int64_t>(size));
+      if (slow && tc != nullptr) caches_.fold(tc);
       return size;
     }
     case SpanState::kLarge: {
       if (s->begin() != addr) return 0;
       const size_t size = s->bytes();
-      heap(s->segment->node, s->segment->kind).free(s);
-      global_.allocated_bytes.sub(static_cast<int64_t>(size));
+      const int64_t slack = static_cast<int64_t>(size - s->requested);
+      const Segment* seg = s->segment;
+      ThreadCache* tc = caches_.mine(cache_node(seg->node, topology_));
+      if (tc != nullptr && size <= ThreadCache::kLargeMax && !seg->inherited && seg->node == tc->node &&
+          caches_large()) {
+        // Kept for this thread's next request of the same size (Note [Thread caches]).
+        s->state.store(SpanState::kCached, std::memory_order_relaxed);
+        Span* evicted[ThreadCache::kLargeSlots];
+        tc->enter();
+        const int n = tc->put_large(s, s->requested, seg->kind, seg->node, evicted);
+        tc->leave();
+        caches_.count_free(tc, static_cast<int64_t>(size), slack);
+        if (n > 0) {
+          return_spans(evicted, n);
+          caches_.fold_after_free(tc);
+        }
+        return size;
+      }
+      heap(seg->node, seg->kind).free(s);
+      caches_.count_free(tc, static_cast<int64_t>(size), slack);
+      if (tc != nullptr) caches_.fold_after_free(tc);
       return size;
     }
+    case SpanState::kCached:  // freed already: a double free (Note [Foreign pointers])
     case SpanState::kFree:
       return 0;
   }
   return 0;
+}
+
+void Pool::return_spans(Span** spans, int n) {
+  for (int i = 0; i < n; ++i) {
+    if (spans[i] == nullptr) continue;
+    const Segment* seg = spans[i]->segment;
+    SpanHeap& h = heap(seg->node, seg->kind);
+    Span* batch[ThreadCache::kLargeSlots];
+    int m = 0;
+    for (int j = i; j < n; ++j) {
+      if (spans[j] == nullptr || &heap(spans[j]->segment->node, spans[j]->segment->kind) != &h) continue;
+      spans[j]->state.store(SpanState::kLarge, std::memory_order_relaxed);
+      batch[m++] = spans[j];
+      spans[j] = nullptr;
+      if (m == ThreadCache::kLargeSlots) {
+        h.free_many(batch, m);
+        m = 0;
+      }
+    }
+    if (m > 0) h.free_many(batch, m);
+  }
+}
+
+void Pool::bind_thread_cache(int node) {
+  ThreadCache* tc = caches_.mine(node);
+  if (tc != nullptr && tc->node != node) arena_.set_node(tc, node);
+}
+
+bool Pool::reclaim_own(PageKind kind, int node) {
+  ThreadCache* tc = caches_.mine_if_any();
+  if (tc == nullptr) return false;
+  Span* spans[ThreadCache::kLargeSlots];
+  tc->enter();
+  const int n = tc->take_large_of(kind, node, spans);
+  tc->leave();
+  if (n == 0) return false;
+  return_spans(spans, n);
+  caches_.fold(tc);
+  return true;
+}
+
+void Pool::flush_thread_caches() {
+  Span* empty = nullptr;  // slabs left with no object
+  Span* spans = nullptr;  // large spans the threads kept
+  caches_.for_each_quiesced([&](ThreadCache* tc) {
+    SmallArena::Bins bins;
+    arena_.detach_bins(tc, &bins);
+    arena_.give_bins(bins, &empty);
+    for (uint32_t i = 0; i < tc->large_count; ++i) push_chain(&spans, tc->large[i].span);
+    tc->drained_bytes.fetch_add(bins.bytes + static_cast<int64_t>(tc->large_bytes), std::memory_order_relaxed);
+    tc->large_count = 0;
+    tc->large_bytes = 0;
+  });
+  put_slabs(empty);
+  while (spans != nullptr) {
+    Span* batch[ThreadCache::kLargeSlots];
+    int n = 0;
+    while (spans != nullptr && n < ThreadCache::kLargeSlots) {
+      batch[n++] = spans;
+      spans = spans->next;
+    }
+    return_spans(batch, n);
+  }
+}
+
+void Pool::drain_thread_cache(void* pool, ThreadCache* tc) {
+  Pool& self = *static_cast<Pool*>(pool);
+  SmallArena::Bins bins;
+  self.arena_.detach_bins(tc, &bins);
+  Span* empty = nullptr;
+  self.arena_.give_bins(bins, &empty);
+  self.put_slabs(empty);
+  Span* spans[ThreadCache::kLargeSlots];
+  for (uint32_t i = 0; i < tc->large_count; ++i) spans[i] = tc->large[i].span;
+  self.return_spans(spans, static_cast<int>(tc->large_count));
+  tc->large_count = 0;
+  tc->large_bytes = 0;
 }
 
 size_t Pool::block_size(const void* p) const {
@@ -115,6 +241,7 @@ size_t Pool::block_size(const void* p) const {
       return addr >= s->begin() && addr < s->end() ? s->object_size : 0;
     case SpanState::kLarge:
       return s->begin() == addr ? s->bytes() : 0;
+    case SpanState::kCached:
     case SpanState::kFree:
       return 0;
   }
@@ -162,6 +289,8 @@ std::string Pool::describe(const void* p) const {
       std::snprintf(buf + n, sizeof(buf) - n, ", inside the block [%#" PRIxPTR ", %#" PRIxPTR ") in use, not at its start", b, s->end());
     else if (state == SpanState::kFree && addr >= b && addr < s->end())
       std::snprintf(buf + n, sizeof(buf) - n, ", in the free span [%#" PRIxPTR ", %#" PRIxPTR "): no block in use starts there", b, s->end());
+    else if (state == SpanState::kCached && addr >= b && addr < s->end())
+      std::snprintf(buf + n, sizeof(buf) - n, ", in the block [%#" PRIxPTR ", %#" PRIxPTR "), freed already and kept in a thread's cache", b, s->end());
     else
       std::snprintf(buf + n, sizeof(buf) - n, ", where no block in use starts");
   } else if (n > 0 && static_cast<size_t>(n) < sizeof(buf)) {
@@ -186,13 +315,20 @@ Span* Pool::get_slab(int node, size_t units) {
   return nullptr;
 }
 
-void Pool::put_slab(Span* s) {
-  s->state.store(SpanState::kLarge, std::memory_order_relaxed);
-  heap(s->segment->node, s->segment->kind).free(s);
+void Pool::put_slabs(Span* chain) {
+  while (chain != nullptr) {
+    Span* s = chain;
+    chain = s->next;
+    s->state.store(SpanState::kLarge, std::memory_order_relaxed);
+    heap(s->segment->node, s->segment->kind).free(s);
+  }
 }
 
 size_t Pool::release() {
-  arena_.release();
+  flush_thread_caches();
+  Span* empty = nullptr;
+  arena_.release(&empty);
+  put_slabs(empty);
   size_t bytes = 0;
   for (int node : heap_nodes_) {
     for (int k = 0; k < kNumPageKinds; ++k) {
@@ -211,7 +347,7 @@ PoolStats Pool::heap_stats(int node, PageKind kind) const {
 void Pool::reset_peaks() {
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).reset_peaks();
-  global_.allocated_bytes.reset_peak();
+  caches_.reset_peak();
   global_.reserved_bytes.reset_peak();
 }
 
@@ -222,8 +358,10 @@ int64_t Pool::idle_bytes() const {
   return global_.reserved_bytes.current.load(std::memory_order_relaxed) - in_use;
 }
 
-// Lock order: the arena's locks (its cache registry, then each central list), then each heap.
+// Lock order: the thread caches (their registry, then each cache), the arena's central lists,
+// then each heap.
 void Pool::lock_all() {
+  caches_.lock_all();
   arena_.lock_all();
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().lock();
@@ -233,6 +371,7 @@ void Pool::unlock_all() {
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).mutex().unlock();
   arena_.unlock_all();
+  caches_.unlock_all();
 }
 
 HugetlbPages Pool::hugetlb_pages(int only) const {
@@ -245,10 +384,20 @@ HugetlbPages Pool::hugetlb_pages(int only) const {
 }
 
 void Pool::forget_after_fork() {
-  // Heaps first: slabs the arena gives back must find their segments marked inherited.
+  // Heaps first: slabs and spans given back must find their segments marked inherited.
   for (int node : heap_nodes_)
     for (int k = 0; k < kNumPageKinds; ++k) heap(node, static_cast<PageKind>(k)).forget_after_fork();
   arena_.forget_after_fork();
+  // Every thread's cache (the other threads died with the fork): counted off, never written.
+  caches_.forget_after_fork([&](ThreadCache* tc) {
+    arena_.forget_bins(tc);
+    Span* spans[ThreadCache::kLargeSlots];
+    for (uint32_t i = 0; i < tc->large_count; ++i) spans[i] = tc->large[i].span;
+    return_spans(spans, static_cast<int>(tc->large_count));
+    tc->large_count = 0;
+    tc->large_bytes = 0;
+    tc->cached_bytes.store(tc->drained_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  });
 }
 
 }  // namespace hpa

@@ -1,8 +1,10 @@
 // The pool: the facade over span heaps (one per NUMA node and page kind) and the small arena.
 //
-// A request of up to kSmallMax bytes goes to the small arena; a larger one becomes a span of the
-// first heap of its plan that can serve it (explicit huge pages first, then THP, then base pages,
-// each fallback counted). Plans come from the allocator's settings; a request of 1 GiB or more
+// A request of up to kSmallMax bytes goes to the small arena; a larger one is served from the
+// calling thread's cache when that thread freed a span of exactly the same request size lately
+// (up to ThreadCache::kLargeMax, while max_cached is unlimited; see thread_cache.h), else it
+// becomes a span of the first heap of its plan that can serve it (explicit huge pages first, then
+// THP, then base pages, each fallback counted). Plans come from the allocator's settings; a request of 1 GiB or more
 // whose plan starts with the 1 GiB kind gets a composite segment of its own (1 GiB pages, then
 // 2 MiB pages). When every heap of the plan refused, each one's fully free segments have already
 // been given back (SpanHeap::grow); the plan is tried once more ignoring back-off, then fails.
@@ -26,6 +28,7 @@
 #include "span.h"
 #include "span_heap.h"
 #include "stats.h"
+#include "thread_cache.h"
 #include "topology.h"
 
 namespace hpa {
@@ -52,12 +55,12 @@ struct Block {
   size_t size = 0;  // bytes the block holds: its size class or its span
 };
 
-class Pool final : private SlabSource, private IdleGauge {
+class Pool final : private SlabSource, private IdleGauge, private Reclaimer {
  public:
   static constexpr size_t kUnlimited = SIZE_MAX;
 
-  // `arena_slot`: 0 for the process allocator, SmallArena::claim_slot() for a test pool.
-  Pool(Os& os, const Topology& topology, int arena_slot);
+  // `cache_slot`: 0 for the process allocator, ThreadCaches::claim_slot() for a test pool.
+  Pool(Os& os, const Topology& topology, int cache_slot);
   ~Pool() override;  // test pools only: unmaps everything
 
   // A block of at least `nbytes` (> 0) placed by `route` (placement.h); {nullptr, 0} when
@@ -82,9 +85,9 @@ class Pool final : private SlabSource, private IdleGauge {
   // it. Racy reads: only for a process about to stop.
   std::string describe(const void* p) const;
 
-  // Gives back all idle memory that can be given back: the calling thread's small-object cache,
-  // fully free slabs, fully free segments; and ends every heap's back-off, so that pages that came
-  // back meanwhile are used at once. Returns the bytes unmapped.
+  // Gives back all idle memory that can be given back: every thread's cache, fully free slabs,
+  // fully free segments; and ends every heap's back-off, so that pages that came back meanwhile
+  // are used at once. Returns the bytes unmapped.
   size_t release();
 
   // The kinds small requests' slabs may come from (bit of 1 GiB ignored).
@@ -92,14 +95,19 @@ class Pool final : private SlabSource, private IdleGauge {
   // Idle bytes kept: a segment that becomes fully free beyond this is unmapped at once.
   void set_max_cached(size_t bytes) { max_cached_.store(bytes, std::memory_order_relaxed); }
   // The calling thread's small objects come from `node` from now on.
-  void bind_thread_cache(int node) { arena_.set_cache_node(node); }
+  void bind_thread_cache(int node);
   // How new memory is bound (PageSource::set_binding).
   void set_binding(bool strict, NodeMask interleave_nodes) { source_.set_binding(strict, interleave_nodes); }
   // The nodes that have heaps: the topology's, and kInterleaveNode on a machine of two or more.
   const std::vector<int>& heap_nodes() const { return heap_nodes_; }
 
   PoolStats heap_stats(int node, PageKind kind) const;
-  const GlobalStats& global_stats() const { return global_; }
+  // Bytes callers hold (Note [Thread statistics], thread_cache.h), and mapped from the kernel.
+  ThreadCaches::CallerBytes allocated_bytes() { return caches_.allocated_bytes(); }
+  int64_t approx_allocated_bytes() const { return caches_.approx_allocated(); }
+  const AtomicPeakStat& reserved_bytes() const { return global_.reserved_bytes; }
+  // Bytes sitting in threads' caches: freed by callers, kept for the same threads.
+  int64_t thread_cached_bytes() { return caches_.cached_bytes(); }
   void reset_peaks();
   const Topology& topology() const { return topology_; }
   const PageSource& source() const { return source_; }
@@ -121,8 +129,17 @@ class Pool final : private SlabSource, private IdleGauge {
 
  private:
   Span* get_slab(int node, size_t units) override;
-  void put_slab(Span* s) override;
+  void put_slabs(Span* chain) override;
   int64_t idle_bytes() const override;
+  void reclaim() override { flush_thread_caches(); }
+  bool reclaim_own(PageKind kind, int node) override;
+  // Empties every thread's cache: small objects to the central lists, large spans to the heaps.
+  void flush_thread_caches();
+  static void drain_thread_cache(void* pool, ThreadCache* tc);  // ThreadCaches::Drain
+  // Gives spans taken out of thread caches (state kCached or kLarge) back to their heaps, one
+  // lock per heap. Entries are consumed (set to nullptr).
+  void return_spans(Span** spans, int n);
+  bool caches_large() const { return max_cached_.load(std::memory_order_relaxed) == kUnlimited; }
   SpanHeap& heap(int node, PageKind kind) { return *heaps_[node * kNumPageKinds + static_cast<int>(kind)]; }
   Span* large(size_t nbytes, const Route& route, const Plan& plan, bool force);
   Span* large_from(SpanHeap& heap, size_t nbytes, bool force, uint8_t how);
@@ -136,6 +153,7 @@ class Pool final : private SlabSource, private IdleGauge {
   std::vector<int> heap_nodes_;
   std::unique_ptr<std::unique_ptr<SpanHeap>[]> heaps_;  // [node][kind], heap_nodes_ only
   SmallArena arena_;
+  ThreadCaches caches_;
 };
 
 }  // namespace hpa

@@ -1,272 +1,159 @@
 #include "small_arena.h"
 
-#include <pthread.h>
-
 #include <algorithm>
-#include <array>
-#include <new>
 
 namespace hpa {
 
-// ---------------------------------------------------------------------------------------------
-// Size classes
-
 namespace {
 
-struct ClassTable {
-  std::array<size_t, kNumClasses> size{};
-  std::array<size_t, kNumClasses> slab_units{};
-  std::array<uint8_t, (kSmallMax >> 6) + 1> of{};  // index: (n + 63) >> 6
-
-  ClassTable() {
-    int c = 1;
-    for (size_t s = 64; s <= kKiB; s += 64) size[c++] = s;
-    for (size_t base = kKiB; base < kSmallMax; base *= 2)
-      for (int q = 1; q <= 4; ++q) size[c++] = base + q * (base / 4);
-    for (int k = 1; k < kNumClasses; ++k) {
-      const size_t want = std::max(kUnit, 8 * size[k]);
-      slab_units[k] = (want + kUnit - 1) / kUnit;
-    }
-    int k = 1;
-    for (size_t i = 1; i < of.size(); ++i) {
-      while (size[k] < i * 64) ++k;
-      of[i] = static_cast<uint8_t>(k);
-    }
-  }
-};
-
-const ClassTable& classes() {
-  static const ClassTable t;
-  return t;
-}
+void* next_of(void* p) { return *static_cast<void**>(p); }
+void set_next(void* p, void* next) { *static_cast<void**>(p) = next; }
 
 }  // namespace
 
-const uint8_t* SizeClasses::table() { return classes().of.data(); }
-size_t SizeClasses::size(int c) { return classes().size[c]; }
-size_t SizeClasses::slab_units(int c) { return classes().slab_units[c]; }
-
-// ---------------------------------------------------------------------------------------------
-// Thread caches
-
-struct ThreadCache {
-  struct Bin {
-    void* head = nullptr;
-    uint32_t count = 0;
-    uint32_t max = 0;  // drain to half when a free would exceed it
-  };
-  Bin bins[kNumClasses];
-  SmallArena* owner = nullptr;
-  int node = 0;
-  ThreadCache* prev = nullptr;  // the owner's registry
-  ThreadCache* next = nullptr;
-};
-
-namespace {
-
-// Objects a thread keeps per class: about 64 KiB worth, between 1 and 256, so that a thread holds
-// a few MiB at most however many classes it uses (its cache is memory no other thread can reuse).
-uint32_t cache_limit(int c) {
-  return static_cast<uint32_t>(std::clamp<size_t>(64 * kKiB / SizeClasses::size(c), 1, 256));
-}
-
-struct TlsSlot {
-  uint64_t generation;
-  ThreadCache* cache;
-};
-thread_local TlsSlot t_slots[SmallArena::kMaxArenas];
-
-// Generation of the arena living in each slot (0: none). Generations are never reused, so a
-// thread whose slot holds another generation knows its cache belonged to a dead arena.
-std::atomic<uint64_t> g_slot_generation[SmallArena::kMaxArenas];
-std::atomic<uint64_t> g_next_generation{1};
-std::mutex g_slots_mu;
-
-pthread_key_t g_exit_key;
-pthread_once_t g_exit_key_once = PTHREAD_ONCE_INIT;
-
-}  // namespace
-
-// Runs at thread exit (pthread key destructor): gives the thread's caches back to their arenas.
-void flush_thread_caches(void*) {
-  for (int i = 0; i < SmallArena::kMaxArenas; ++i) {
-    TlsSlot& slot = t_slots[i];
-    if (slot.cache != nullptr && slot.generation == g_slot_generation[i].load(std::memory_order_acquire))
-      slot.cache->owner->drop_cache(slot.cache);
-    slot = {0, nullptr};
-  }
-}
-
-int SmallArena::claim_slot() {
-  std::lock_guard<std::mutex> lock(g_slots_mu);
-  for (int i = 1; i < kMaxArenas; ++i)  // slot 0 is the process allocator's
-    if (g_slot_generation[i].load(std::memory_order_relaxed) == 0) return i;
-  return -1;
-}
-
-SmallArena::SmallArena(SlabSource& source, PageMap<Span>& map, const Topology& topology, int slot)
+SmallArena::SmallArena(SlabSource& source, PageMap<Span>& map, const Topology& topology)
     : source_(source),
       map_(map),
       topology_(topology),
-      slot_(slot),
-      generation_(g_next_generation.fetch_add(1)),
-      centrals_(new Central[static_cast<size_t>(kMaxNodes) * kNumClasses]) {
-  pthread_once(&g_exit_key_once, [] { pthread_key_create(&g_exit_key, &flush_thread_caches); });
-  g_slot_generation[slot_].store(generation_, std::memory_order_release);
-}
+      centrals_(new Central[static_cast<size_t>(kMaxNodes) * kNumClasses]) {}
 
-SmallArena::~SmallArena() {
-  // Only test arenas die, with no other thread using them.
-  g_slot_generation[slot_].store(0, std::memory_order_release);
-  std::lock_guard<std::mutex> lock(caches_mu_);
-  while (caches_ != nullptr) {
-    ThreadCache* tc = caches_;
-    caches_ = tc->next;
-    delete tc;
+// ---------------------------------------------------------------------------------------------
+// The fast path
+
+void* SmallArena::allocate(ThreadCache* tc, size_t n, int node, size_t* size, bool* slow) {
+  const int c = SizeClasses::of(n);
+  *size = SizeClasses::size(c);
+  if (tc == nullptr) [[unlikely]] {
+    *slow = true;
+    void* p = nullptr;
+    return take(node, c, &p, 1) == 1 ? p : nullptr;
   }
-  t_slots[slot_] = {0, nullptr};
+  if (tc->node != node) [[unlikely]] set_node(tc, node);  // the thread moved to another node
+  tc->enter();
+  ThreadCache::Bin& bin = tc->bins[c];
+  if (void* p = bin.head) [[likely]] {
+    bin.head = next_of(p);
+    --bin.count;
+    tc->leave();
+    ThreadCache::bump(tc->cached_bytes, -static_cast<int64_t>(*size));
+    return p;
+  }
+  tc->leave();
+  *slow = true;
+  return refill(tc, c);
 }
 
-ThreadCache* SmallArena::cache(int node) {
-  TlsSlot& slot = t_slots[slot_];
-  if (slot.generation == generation_) [[likely]] return slot.cache;
-  return create_cache(node);
+bool SmallArena::free(ThreadCache* tc, void* p, Span* slab) {
+  const int c = slab->size_class;
+  const Segment* seg = slab->segment;
+  if (tc != nullptr && !seg->inherited) [[likely]] {
+    tc->enter();
+    if (tc->node == seg->node) [[likely]] {
+      ThreadCache::Bin& bin = tc->bins[c];
+      set_next(p, bin.head);
+      bin.head = p;
+      if (++bin.count <= bin.max) [[likely]] {
+        tc->leave();
+        ThreadCache::bump(tc->cached_bytes, static_cast<int64_t>(slab->object_size));
+        return false;
+      }
+      // Over its limit: the most recently freed half stays, the rest goes to the central list.
+      const uint32_t keep = bin.max / 2;
+      void* last_kept = bin.head;
+      for (uint32_t i = 1; i < keep; ++i) last_kept = next_of(last_kept);
+      void* chain = keep == 0 ? bin.head : next_of(last_kept);
+      const uint32_t moved = bin.count - keep;
+      if (keep == 0) bin.head = nullptr; else set_next(last_kept, nullptr);
+      bin.count = keep;
+      tc->leave();
+      ThreadCache::bump(tc->cached_bytes,
+                        static_cast<int64_t>(slab->object_size) * (1 - static_cast<int64_t>(moved)));
+      Span* empty = nullptr;
+      give_chain(seg->node, c, chain, &empty);
+      source_.put_slabs(empty);
+      return true;
+    }
+    tc->leave();
+  }
+  Central& central = this->central(seg->node, c);
+  Span* empty = nullptr;
+  central.mu.lock();
+  give_locked(central, p, slab, &empty);
+  central.mu.unlock();
+  source_.put_slabs(empty);
+  return true;
 }
 
-ThreadCache* SmallArena::create_cache(int node) {
-  auto* tc = new (std::nothrow) ThreadCache();
-  if (tc == nullptr) return nullptr;
-  tc->owner = this;
+void SmallArena::set_node(ThreadCache* tc, int node) {
+  Bins old;
+  tc->enter();
+  detach_bins(tc, &old);  // its objects belong to the old node
   tc->node = node;
-  for (int c = 1; c < kNumClasses; ++c) tc->bins[c].max = cache_limit(c);
-  {
-    std::lock_guard<std::mutex> lock(caches_mu_);
-    tc->next = caches_;
-    if (caches_ != nullptr) caches_->prev = tc;
-    caches_ = tc;
-  }
-  t_slots[slot_] = {generation_, tc};
-  pthread_setspecific(g_exit_key, reinterpret_cast<void*>(1));  // any non-null value arms it
-  return tc;
-}
-
-void SmallArena::set_cache_node(int node) {
-  ThreadCache* tc = cache(node);
-  if (tc != nullptr && tc->node != node) rebind(tc, node);
-}
-
-void SmallArena::rebind(ThreadCache* tc, int node) {
-  for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);  // its objects belong to the old node
-  tc->node = node;
-}
-
-void SmallArena::drop_cache(ThreadCache* tc) {
-  for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);
-  {
-    std::lock_guard<std::mutex> lock(caches_mu_);
-    if (tc->prev != nullptr) tc->prev->next = tc->next; else caches_ = tc->next;
-    if (tc->next != nullptr) tc->next->prev = tc->prev;
-  }
-  delete tc;
+  tc->leave();
+  ThreadCache::bump(tc->cached_bytes, -old.bytes);
+  Span* empty = nullptr;
+  give_bins(old, &empty);
+  source_.put_slabs(empty);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Allocation and free
-
-void* SmallArena::allocate(size_t n, int node, size_t* size) {
-  const int c = SizeClasses::of(n);
-  *size = SizeClasses::size(c);
-  ThreadCache* tc = cache(node);
-  if (tc != nullptr) [[likely]] {
-    if (tc->node != node) [[unlikely]] rebind(tc, node);  // the thread moved to another node
-    ThreadCache::Bin& bin = tc->bins[c];
-    if (void* p = bin.head) [[likely]] {
-      bin.head = *static_cast<void**>(p);
-      --bin.count;
-      return p;
-    }
-    return refill(tc, c);
-  }
-  void* p = nullptr;
-  Central& central = this->central(node, c);
-  std::lock_guard<SpinLock> lock(central.mu);
-  return take_locked(central, node, c, &p, 1) == 1 ? p : nullptr;
-}
-
-void SmallArena::free(void* p, Span* slab) {
-  const int c = slab->size_class;
-  const Segment* seg = slab->segment;
-  ThreadCache* tc = cache(seg->node);
-  if (tc != nullptr && tc->node == seg->node && !seg->inherited) [[likely]] {
-    ThreadCache::Bin& bin = tc->bins[c];
-    *static_cast<void**>(p) = bin.head;
-    bin.head = p;
-    if (++bin.count > bin.max) [[unlikely]] drain(tc, c, bin.max / 2);
-    return;
-  }
-  Central& central = this->central(seg->node, c);
-  std::lock_guard<SpinLock> lock(central.mu);
-  give_locked(central, p, slab);
-}
+// Between a thread's bins and the central lists
 
 void* SmallArena::refill(ThreadCache* tc, int c) {
-  ThreadCache::Bin& bin = tc->bins[c];
   void* batch[128];
-  const uint32_t want = std::clamp<uint32_t>(bin.max / 2, 1, 128);
-  uint32_t got;
-  {
-    Central& central = this->central(tc->node, c);
-    std::lock_guard<SpinLock> lock(central.mu);
-    got = take_locked(central, tc->node, c, batch, want);
-  }
+  const uint32_t want = std::clamp<uint32_t>(tc->bins[c].max / 2, 1, 128);
+  const uint32_t got = take(tc->node, c, batch, want);
   if (got == 0) return nullptr;
+  tc->enter();
+  ThreadCache::Bin& bin = tc->bins[c];
   for (uint32_t i = got - 1; i >= 1; --i) {  // pops come in the order taken: warmest first
-    *static_cast<void**>(batch[i]) = bin.head;
+    set_next(batch[i], bin.head);
     bin.head = batch[i];
   }
   bin.count += got - 1;
+  tc->leave();
+  ThreadCache::bump(tc->cached_bytes, static_cast<int64_t>(SizeClasses::size(c)) * (got - 1));
   return batch[0];
 }
 
-void SmallArena::drain(ThreadCache* tc, int c, uint32_t keep) {
-  ThreadCache::Bin& bin = tc->bins[c];
-  if (bin.count <= keep) return;
-  Central& central = this->central(tc->node, c);
-  std::lock_guard<SpinLock> lock(central.mu);
-  while (bin.count > keep) {
-    void* p = bin.head;
-    bin.head = *static_cast<void**>(p);
-    --bin.count;
-    give_locked(central, p, map_.get(reinterpret_cast<uintptr_t>(p)));
-  }
+uint32_t SmallArena::take(int node, int c, void** out, uint32_t n) {
+  Central& central = this->central(node, c);
+  central.mu.lock();
+  uint32_t got = take_locked(central, out, n);
+  central.mu.unlock();
+  if (got > 0) return got;
+  // No free object on this node's slabs: a new slab, fetched with no lock held.
+  Span* slab = source_.get_slab(node, SizeClasses::slab_units(c));
+  if (slab == nullptr) return 0;
+  slab->size_class = static_cast<uint8_t>(c);
+  slab->object_size = static_cast<uint32_t>(SizeClasses::size(c));
+  slab->capacity = static_cast<uint32_t>(slab->bytes() / slab->object_size);
+  slab->live = 0;
+  slab->free_objects = nullptr;
+  slab->bump = slab->begin();
+  map_.set_range(slab->begin(), slab->bytes(), slab);  // leaves exist: prepared with the segment
+  slab->state.store(SpanState::kSlab, std::memory_order_release);
+  central.mu.lock();
+  slab->in_partial = true;
+  slab->prev = nullptr;
+  slab->next = central.partial;
+  if (central.partial != nullptr) central.partial->prev = slab;
+  central.partial = slab;
+  ++central.empty;
+  got = take_locked(central, out, n);
+  central.mu.unlock();
+  return got;
 }
 
-uint32_t SmallArena::take_locked(Central& central, int node, int c, void** out, uint32_t n) {
+uint32_t SmallArena::take_locked(Central& central, void** out, uint32_t n) {
   uint32_t got = 0;
-  while (got < n) {
+  while (got < n && central.partial != nullptr) {
     Span* slab = central.partial;
-    if (slab == nullptr) {
-      slab = source_.get_slab(node, SizeClasses::slab_units(c));
-      if (slab == nullptr) break;
-      slab->state.store(SpanState::kSlab, std::memory_order_relaxed);
-      slab->size_class = static_cast<uint8_t>(c);
-      slab->object_size = static_cast<uint32_t>(SizeClasses::size(c));
-      slab->capacity = static_cast<uint32_t>(slab->bytes() / slab->object_size);
-      slab->live = 0;
-      slab->free_objects = nullptr;
-      slab->bump = slab->begin();
-      map_.set_range(slab->begin(), slab->bytes(), slab);  // leaves exist: prepared with the segment
-      slab->in_partial = true;
-      slab->prev = nullptr;
-      slab->next = nullptr;
-      central.partial = slab;
-      ++central.empty;
-    }
     if (slab->live == 0) --central.empty;
     while (got < n && slab->live < slab->capacity) {
       void* p = slab->free_objects;
       if (p != nullptr) {
-        slab->free_objects = *static_cast<void**>(p);
+        slab->free_objects = next_of(p);
       } else {
         p = reinterpret_cast<void*>(slab->bump);
         slab->bump += slab->object_size;
@@ -284,13 +171,25 @@ uint32_t SmallArena::take_locked(Central& central, int node, int c, void** out, 
   return got;
 }
 
-void SmallArena::give_locked(Central& central, void* p, Span* slab) {
+void SmallArena::give_chain(int node, int c, void* head, Span** empty) {
+  if (head == nullptr) return;
+  Central& central = this->central(node, c);
+  central.mu.lock();
+  while (head != nullptr) {
+    void* p = head;
+    head = next_of(p);
+    give_locked(central, p, map_.get(reinterpret_cast<uintptr_t>(p)), empty);
+  }
+  central.mu.unlock();
+}
+
+void SmallArena::give_locked(Central& central, void* p, Span* slab, Span** empty) {
   if (slab->segment->inherited) {
     // Note [Fork]: writing the free-list link would copy a page shared with the parent.
-    if (--slab->live == 0) source_.put_slab(slab);
+    if (--slab->live == 0) push_chain(empty, slab);
     return;
   }
-  *static_cast<void**>(p) = slab->free_objects;
+  set_next(p, slab->free_objects);
   slab->free_objects = p;
   --slab->live;
   if (!slab->in_partial) {
@@ -305,40 +204,53 @@ void SmallArena::give_locked(Central& central, void* p, Span* slab) {
     ++central.empty;
     return;
   }
-  if (slab->in_partial) {
-    if (slab->prev != nullptr) slab->prev->next = slab->next; else central.partial = slab->next;
-    if (slab->next != nullptr) slab->next->prev = slab->prev;
-    slab->prev = slab->next = nullptr;
-    slab->in_partial = false;
-  }
-  source_.put_slab(slab);
+  if (slab->prev != nullptr) slab->prev->next = slab->next; else central.partial = slab->next;
+  if (slab->next != nullptr) slab->next->prev = slab->prev;
+  slab->in_partial = false;
+  push_chain(empty, slab);
 }
 
-void SmallArena::release() {
-  if (ThreadCache* tc = cache(topology_.nodes().front()))
-    for (int c = 1; c < kNumClasses; ++c) drain(tc, c, 0);
+void SmallArena::detach_bins(ThreadCache* tc, Bins* out) {
+  out->node = tc->node;
+  out->bytes = 0;
+  for (int c = 1; c < kNumClasses; ++c) {
+    ThreadCache::Bin& bin = tc->bins[c];
+    out->head[c] = bin.head;
+    out->bytes += static_cast<int64_t>(SizeClasses::size(c)) * bin.count;
+    bin.head = nullptr;
+    bin.count = 0;
+  }
+}
+
+void SmallArena::give_bins(const Bins& bins, Span** empty) {
+  for (int c = 1; c < kNumClasses; ++c) give_chain(bins.node, c, bins.head[c], empty);
+}
+
+void SmallArena::release(Span** empty) {
   for (int node : topology_.nodes()) {
     for (int c = 1; c < kNumClasses; ++c) {
       Central& central = this->central(node, c);
-      std::lock_guard<SpinLock> lock(central.mu);
+      central.mu.lock();
       for (Span* slab = central.partial; slab != nullptr;) {
         Span* next = slab->next;
         if (slab->live == 0) {
           if (slab->prev != nullptr) slab->prev->next = slab->next; else central.partial = slab->next;
           if (slab->next != nullptr) slab->next->prev = slab->prev;
-          slab->prev = slab->next = nullptr;
           slab->in_partial = false;
           --central.empty;
-          source_.put_slab(slab);
+          push_chain(empty, slab);
         }
         slab = next;
       }
+      central.mu.unlock();
     }
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fork
+
 void SmallArena::lock_all() {
-  caches_mu_.lock();
   for (int node : topology_.nodes())
     for (int c = 1; c < kNumClasses; ++c) central(node, c).mu.lock();
 }
@@ -346,13 +258,13 @@ void SmallArena::lock_all() {
 void SmallArena::unlock_all() {
   for (int node : topology_.nodes())
     for (int c = 1; c < kNumClasses; ++c) central(node, c).mu.unlock();
-  caches_mu_.unlock();
 }
 
 void SmallArena::forget_after_fork() {
   // Note [Fork]: everything cached belongs to memory shared copy-on-write with the parent, so
   // nothing is written to it here: cached objects are only counted off their slabs, and a slab
   // left with no live object goes back to its (inherited) segment.
+  Span* empty = nullptr;
   for (int node : topology_.nodes()) {
     for (int c = 1; c < kNumClasses; ++c) {
       Central& central = this->central(node, c);
@@ -360,34 +272,29 @@ void SmallArena::forget_after_fork() {
         Span* next = slab->next;
         slab->prev = slab->next = nullptr;
         slab->in_partial = false;
-        if (slab->live == 0) source_.put_slab(slab);
+        if (slab->live == 0) push_chain(&empty, slab);
         slab = next;
       }
       central.partial = nullptr;
       central.empty = 0;
     }
   }
-  // The other threads died with the fork; the forking thread's cache stays, empty.
-  ThreadCache* mine = t_slots[slot_].generation == generation_ ? t_slots[slot_].cache : nullptr;
-  while (caches_ != nullptr) {
-    ThreadCache* tc = caches_;
-    caches_ = tc->next;
-    for (ThreadCache::Bin& bin : tc->bins) {
-      for (void* p = bin.head; p != nullptr;) {
-        void* next = *static_cast<void**>(p);  // a read: no page is copied
-        Span* slab = map_.get(reinterpret_cast<uintptr_t>(p));
-        if (--slab->live == 0) source_.put_slab(slab);
-        p = next;
-      }
-      bin.head = nullptr;
-      bin.count = 0;
+  source_.put_slabs(empty);
+}
+
+void SmallArena::forget_bins(ThreadCache* tc) {
+  Span* empty = nullptr;
+  for (ThreadCache::Bin& bin : tc->bins) {
+    for (void* p = bin.head; p != nullptr;) {
+      void* next = next_of(p);  // a read: no page is copied
+      Span* slab = map_.get(reinterpret_cast<uintptr_t>(p));
+      if (--slab->live == 0) push_chain(&empty, slab);
+      p = next;
     }
-    if (tc != mine) delete tc;
+    bin.head = nullptr;
+    bin.count = 0;
   }
-  if (mine != nullptr) {
-    mine->prev = mine->next = nullptr;
-    caches_ = mine;
-  }
+  source_.put_slabs(empty);
 }
 
 }  // namespace hpa

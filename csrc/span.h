@@ -31,15 +31,20 @@ struct Segment {
   void reset() { *this = Segment{}; }
 };
 
-enum class SpanState : uint8_t { kFree = 0, kLarge = 1, kSlab = 2 };
+// kCached: a large span its caller freed, kept in a thread's cache (thread_cache.h) for that
+// thread's next request of the same size; to its heap it is still handed out, to the deleter it
+// is free (a second free of it is a double free).
+enum class SpanState : uint8_t { kFree = 0, kLarge = 1, kSlab = 2, kCached = 3 };
 
 struct Span {
-  // Read lock-free by the deleter (Pool::lookup); written under the owning heap's lock.
+  // Read lock-free by the deleter (Pool::free); written under the owning heap's lock, or by the
+  // thread that holds the span (kLarge, kCached).
   std::atomic<uintptr_t> start{0};
   std::atomic<SpanState> state{SpanState::kFree};
   size_t units = 0;             // length in 64 KiB units
   Segment* segment = nullptr;
-  Span* prev = nullptr;         // free lists of the heap, partial lists of the arena, spare lists
+  Span* prev = nullptr;         // free lists of the heap, partial lists of the arena, spare lists,
+                                // chains of spans on their way back to a heap
   Span* next = nullptr;
   size_t requested = 0;         // kLarge: bytes asked for
 

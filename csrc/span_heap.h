@@ -5,30 +5,37 @@
 // to 2 MiB), so spans of different sizes share huge pages and the waste per span stays under one
 // unit. When a new segment is grown, the free tail of the previous one (whole huge pages that
 // the requests since did not fill) goes back to the kernel, so what stays mapped and unused is
-// under 2 MiB per segment plus the unfilled part of the newest one. Segments of the 1 GiB kind are composite, one per large request: 1 GiB pages for the head
-// and 2 MiB pages for the tail (see Os::map_composite), so a tensor of 1 GiB and more wastes less
-// than 2 MiB; such a request passes over a cached span that would leave more than an eighth unused.
+// under 2 MiB per segment plus the unfilled part of the newest one. Segments of the 1 GiB kind
+// are composite, one per large request: 1 GiB pages for the head and 2 MiB pages for the tail
+// (see Os::map_composite), so a tensor of 1 GiB and more wastes less than 2 MiB; such a request
+// passes over a cached span that would leave more than an eighth unused.
 //
-// When the kernel refuses to grow the heap, its fully free segments are given back (the kernel's
-// pool may be holding our own idle pages) and growing is tried once more; after that the heap
-// backs off (see Backoff). A segment that becomes fully free is unmapped at once when the pool's
-// idle memory exceeds its cap (Pool::max_cached), otherwise kept for reuse.
+// Before growing, the heap takes back the spans the calling thread keeps of it (the pool's
+// Reclaimer), which may coalesce into what the request needs. When the kernel refuses to grow
+// the heap, the idle spans every thread keeps are taken back and the heap's fully free segments are given back (the kernel's pool may be
+// holding our own idle pages), and growing is tried once more; after that the heap backs off (see
+// Backoff). A segment that becomes fully free is unmapped at once when the pool's idle memory
+// exceeds its cap (Pool::max_cached), otherwise kept for reuse.
 //
-// Thread safety: every public method takes the heap's lock; no system call runs under it.
+// Thread safety: every public method takes the heap's lock, and nothing under it makes a system
+// call or allocates from the C++ heap (Note [Lock checks], sync.h): mappings are made, and given
+// back, with the lock released; records come from chunks allocated with the lock released.
+// Growth is single-flight: threads that miss together while a segment is being mapped wait for
+// it when it will have room for them, instead of each mapping one.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
-#include <vector>
+#include <new>
 
 #include "os.h"
 #include "page_map.h"
 #include "page_source.h"
 #include "span.h"
-#include "spin_lock.h"
 #include "stats.h"
+#include "sync.h"
 
 namespace hpa {
 
@@ -49,21 +56,40 @@ class FreeSpans {
   uint64_t nonempty_[kWords] = {};
 };
 
-// Records handed out and taken back by one owner (under its lock); chunks are freed with it.
-// get() hands out a record reset to its initial state (T::reset()).
+// Records handed out and taken back by one owner (under its lock). get() hands out a record reset
+// to its initial state (T::reset()) and never allocates: the owner adds chunks, allocated with its
+// lock released, when spare() runs low. Chunks are freed with the pool.
 template <typename T>
 class RecordPool {
  public:
+  static constexpr size_t kChunk = 128;
+  struct Chunk {
+    Chunk* next;
+    T records[kChunk];
+  };
+
   RecordPool() = default;
   RecordPool(const RecordPool&) = delete;
   RecordPool& operator=(const RecordPool&) = delete;
   ~RecordPool() {
-    for (T* chunk : chunks_) delete[] chunk;
+    while (chunks_ != nullptr) {
+      Chunk* c = chunks_;
+      chunks_ = c->next;
+      delete c;
+    }
   }
+  static Chunk* new_chunk() { return new (std::nothrow) Chunk(); }
+  void add(Chunk* c) {
+    c->next = chunks_;
+    chunks_ = c;
+    for (T& r : c->records) put(&r);
+  }
+  size_t spare() const { return spare_count_; }
   T* get() {
-    if (spare_ == nullptr && !grow()) return nullptr;
+    if (spare_ == nullptr) return nullptr;
     T* r = spare_;
     spare_ = r->next;
+    --spare_count_;
     r->reset();
     return r;
   }
@@ -71,19 +97,27 @@ class RecordPool {
     r->prev = nullptr;
     r->next = spare_;
     spare_ = r;
+    ++spare_count_;
   }
 
  private:
-  static constexpr size_t kChunk = 128;
-  bool grow() {
-    T* chunk = new (std::nothrow) T[kChunk];
-    if (chunk == nullptr) return false;
-    chunks_.push_back(chunk);
-    for (size_t i = 0; i < kChunk; ++i) put(&chunk[i]);
-    return true;
-  }
-  std::vector<T*> chunks_;
+  Chunk* chunks_ = nullptr;
   T* spare_ = nullptr;
+  size_t spare_count_ = 0;
+};
+
+// Ranges to give back to the kernel once the heap's lock is released.
+struct Doomed {
+  static constexpr int kMax = 16;
+  uintptr_t start[kMax];
+  size_t size[kMax];
+  int count = 0;
+  bool full() const { return count == kMax; }
+  void add(uintptr_t s, size_t n) {
+    start[count] = s;
+    size[count] = n;
+    ++count;
+  }
 };
 
 // After the kernel refuses to grow a heap by some size, requests of that size or more skip the
@@ -111,10 +145,11 @@ class Backoff {
   size_t refused_size_ = 0;
 };
 
-// Process-wide totals, kept with atomics so no lock is shared across heaps.
+// Process-wide totals of mapped memory, kept with atomics so no lock is shared across heaps (they
+// change only when the kernel maps or unmaps). What callers hold is the thread caches' business
+// (Note [Thread statistics], thread_cache.h).
 struct GlobalStats {
-  AtomicPeakStat allocated_bytes;  // what callers hold: large blocks and small objects
-  AtomicPeakStat reserved_bytes;   // mapped from the kernel
+  AtomicPeakStat reserved_bytes;
 };
 
 // The pool's idle memory (mapped, not in any span in use), for the max_cached rule.
@@ -124,12 +159,23 @@ class IdleGauge {
   virtual int64_t idle_bytes() const = 0;
 };
 
-class SpanHeap {
+// Takes back idle spans that threads keep (thread_cache.h). Called with no heap lock held.
+class Reclaimer {
+ public:
+  virtual ~Reclaimer() = default;
+  // Before a heap grows: the calling thread's own spans of that heap, which may coalesce into
+  // what the request needs. Returns whether any came back.
+  virtual bool reclaim_own(PageKind kind, int node) = 0;
+  // Before a refused heap falls back: every thread's spans.
+  virtual void reclaim() = 0;
+};
+
+class alignas(kCacheLine) SpanHeap {
  public:
   static constexpr size_t kGrowBytes = 32 * kMiB;
 
   SpanHeap(PageKind kind, int node, PageSource& source, AddressMaps& maps, GlobalStats& global,
-           const std::atomic<size_t>& max_cached, const IdleGauge& idle);
+           const std::atomic<size_t>& max_cached, const IdleGauge& idle, Reclaimer& reclaimer);
   SpanHeap(const SpanHeap&) = delete;
   SpanHeap& operator=(const SpanHeap&) = delete;
   ~SpanHeap();  // unmaps every segment (only test pools are ever destroyed)
@@ -146,13 +192,15 @@ class SpanHeap {
   Span* allocate(size_t units, size_t requested, size_t max_leftover, bool force, uint8_t how,
                  bool* from_cache);
   // Takes back a span of this heap (state kLarge or kSlab) and coalesces it.
-  void free(Span* s);
+  void free(Span* s) { free_many(&s, 1); }
+  // Takes back `n` spans of this heap under one lock.
+  void free_many(Span* const* spans, int n);
   // Unmaps every fully free segment. Returns the bytes unmapped.
   size_t release_free_segments();
   // Asks the kernel again at the next request that needs to grow (empty_cache(): pages may have
   // come back from elsewhere, not only from this heap).
   void end_backoff() {
-    std::lock_guard<SpinLock> lock(mu_);
+    std::lock_guard<Lock> lock(mu_);
     backoff_.reset();
   }
 
@@ -164,7 +212,7 @@ class SpanHeap {
 
   // Fork: the mutex is taken before fork() and released after it in both processes; in the
   // child, forget_after_fork() (after unlock, one thread) stops reusing inherited memory.
-  SpinLock& mutex() { return mu_; }
+  Lock& mutex() { return mu_; }
   void forget_after_fork();
 
   // For Note [Fork copies] (fork.h). REQUIRES: lock held.
@@ -185,7 +233,8 @@ class SpanHeap {
       for (uintptr_t a = seg->start; a < end;) {
         const Span* s = map_.get(a);
         if (s == nullptr || s->begin() != a || s->units == 0) break;  // not a span start: stop here
-        if (s->state.load(std::memory_order_relaxed) != SpanState::kFree) {
+        const SpanState state = s->state.load(std::memory_order_relaxed);
+        if (state == SpanState::kLarge || state == SpanState::kSlab) {  // in use, not cached
           const uintptr_t b = s->begin() & ~(uintptr_t{page_of(s->begin())} - 1);
           const uintptr_t last = s->end() - 1;
           const uintptr_t e = (last & ~(uintptr_t{page_of(last)} - 1)) + page_of(last);
@@ -204,24 +253,32 @@ class SpanHeap {
   }
 
  private:
-  // Maps a segment; returns the free span covering it, not yet in the heap. No lock held.
-  Span* grow(size_t units);
+  // Maps a segment of at least `units` with no lock held, into the records `seg` and `whole`;
+  // returns the free span covering it, not yet in the heap, or nullptr (the records stay unused).
+  Span* grow(size_t units, Segment* seg, Span* whole);
+  size_t grow_bytes(size_t units) const;  // what grow() maps first for `units`
+  // Makes sure the record pools can serve an allocation. REQUIRES: mu_ held; may release and
+  // take it again. False when the C++ heap is out of memory.
+  bool ensure_records();
   Span* take_fit(size_t units, size_t requested, size_t max_leftover);
   // Hands out the first `units` of free span `s` (off every list), the rest back to the free lists.
   Span* carve(Span* s, size_t units, size_t requested);
+  void free_locked(Span* s, Doomed* doomed);
   void add_segment(Span* whole);  // puts a segment from grow() into the heap
   bool whole_segment(const Span* s) const;
   bool over_cap() const;  // idle memory beyond max_cached
-  void drop_segment(Segment* seg, Span* s, std::vector<Segment>* doomed);  // REQUIRES: s free, whole
+  // REQUIRES: s free, whole, off the free lists; lock held. Its range joins `doomed`.
+  void drop_segment(Segment* seg, Span* s, Doomed* doomed);
   // Gives back the whole huge pages of a free span that ends the segment (the part of a segment
   // grown for requests that went elsewhere). REQUIRES: lock held; the range joins `doomed`.
-  void trim_tail(Segment* seg, std::vector<Segment>* doomed);
-  void unmap_all(std::vector<Segment>& doomed);
+  void trim_tail(Segment* seg, Doomed* doomed);
+  void unmap_all(const Doomed& doomed);  // REQUIRES: lock not held
   void count_served(uint8_t how) {
     if (how & kServedAsFallback) ++stats_.num_fallbacks;
     if (how & kServedForOtherNode) ++stats_.num_node_fallbacks;
   }
 
+  mutable Lock mu_;
   const PageKind kind_;
   const int node_;
   PageSource& source_;
@@ -230,8 +287,8 @@ class SpanHeap {
   GlobalStats& global_;
   const std::atomic<size_t>& max_cached_;
   const IdleGauge& idle_;
+  Reclaimer& reclaimer_;
 
-  mutable SpinLock mu_;
   std::atomic<int64_t> span_bytes_{0};  // written under mu_
   FreeSpans free_;
   Segment* segments_ = nullptr;
@@ -239,6 +296,12 @@ class SpanHeap {
   RecordPool<Segment> segment_records_;
   PoolStats stats_;
   Backoff backoff_;
+  // Single-flight growth: a segment is being mapped that will have `growing_spare_` bytes left
+  // after its own request; `grown_` counts finished growths (a futex for the waiters).
+  bool growing_ = false;
+  size_t growing_spare_ = 0;
+  uint32_t waiters_ = 0;
+  std::atomic<uint32_t> grown_{0};
 };
 
 }  // namespace hpa

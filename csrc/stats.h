@@ -14,8 +14,8 @@ namespace hpa {
 //   allocated_bytes: bytes of spans handed out (large blocks, and slabs of small objects, whole)
 //   reserved_bytes:  bytes mapped from the kernel, handed out or cached
 //   slack_bytes:     bytes of large spans beyond what was requested (a span is whole 64 KiB units)
-// The process-wide "all" figures (GlobalStats) count what callers hold instead: large blocks and
-// small objects, each by its span or size class.
+// The process-wide "all" figure of allocated_bytes counts what callers hold instead: large blocks
+// and small objects, each by its span or size class (Note [Thread statistics], thread_cache.h).
 #define HPA_BYTE_STATS(X) \
   X(allocated_bytes)      \
   X(reserved_bytes)       \

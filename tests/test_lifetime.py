@@ -78,12 +78,18 @@ BAD_FREES = {
         _C.testing.delete_ptr(t.data_ptr() + (64 << 10))
     """, "inside the block"),
     "twice": ("""
-        t = torch.empty(4 << 20, dtype=torch.uint8)
+        t = torch.empty(16 << 20, dtype=torch.uint8)
         keep = torch.empty(4 << 20, dtype=torch.uint8)     # keeps the segment mapped
         addr = t.data_ptr()
         del t
         _C.testing.delete_ptr(addr)
     """, "in the free span"),
+    "twice_while_its_thread_keeps_it": ("""
+        t = torch.empty(4 << 20, dtype=torch.uint8)        # a size this thread keeps when freed
+        addr = t.data_ptr()
+        del t
+        _C.testing.delete_ptr(addr)
+    """, "freed already and kept in a thread's cache"),
     "after_its_memory_went_back": ("""
         t = torch.empty(96 << 20, dtype=torch.uint8)       # a segment of its own
         addr = t.data_ptr()

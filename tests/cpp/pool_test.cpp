@@ -2,16 +2,21 @@
 // layer, with no torch and no Python, so that they can be built with AddressSanitizer +
 // UndefinedBehaviorSanitizer (LeakSanitizer included) and with ThreadSanitizer: `./run sanitize`.
 //
-// Each test is a function; a failed CHECK prints where and exits non-zero. The last test is an
-// 8-thread stress whose frees cross threads.
+// Each test is a function; a failed CHECK prints where and exits non-zero. Built with
+// HPA_LOCK_CHECKS (Note [Lock checks], sync.h): a system call of the fake OS or an allocation from
+// the C++ heap while a pool lock is held fails the run.
+#include <time.h>
+
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -19,7 +24,32 @@
 #include "fork.h"
 #include "pool.h"
 #include "small_arena.h"
+#include "sync.h"
+#include "thread_cache.h"
 #include "topology.h"
+
+// Every allocation of the program checks that its thread holds no pool lock.
+void* operator new(size_t n) {
+  if (!hpa::no_lock_held()) {
+    std::fprintf(stderr, "operator new(%zu) called with a pool lock held\n", n);
+    std::abort();
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  if (!hpa::no_lock_held()) {
+    std::fprintf(stderr, "operator new(%zu) called with a pool lock held\n", n);
+    std::abort();
+  }
+  return std::malloc(n ? n : 1);
+}
+void* operator new[](size_t n) { return operator new(n); }
+void* operator new[](size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
 
 namespace hpa {
 namespace {
@@ -40,7 +70,7 @@ struct TestPool {
 
   TestPool(int nodes, int64_t pages_2m, int64_t pages_1g, bool thp = true)
       : os(nodes, 1, pages_2m, pages_1g, thp), topology(os) {
-    const int slot = SmallArena::claim_slot();
+    const int slot = ThreadCaches::claim_slot();
     CHECK(slot > 0);
     pool = std::make_unique<Pool>(os, topology, slot);
   }
@@ -56,8 +86,8 @@ struct TestPool {
     pool->set_small_kinds(kinds);
     return pool->allocate(n, route(Placement{}, topology, node, n > kSmallMax), plan(n, kinds));
   }
-  int64_t allocated() const { return pool->global_stats().allocated_bytes.current.load(); }
-  int64_t reserved() const { return pool->global_stats().reserved_bytes.current.load(); }
+  int64_t allocated() const { return pool->allocated_bytes().bytes.current; }
+  int64_t reserved() const { return pool->reserved_bytes().current.load(); }
   int64_t allocs_of(PageKind kind) const {
     int64_t n = 0;
     for (int node : topology.nodes()) n += pool->heap_stats(node, kind).num_allocs;
@@ -71,8 +101,16 @@ struct TestPool {
     CHECK(os.live_mappings() == 0);
     CHECK(os.mapped_bytes() == 0);
     CHECK(os.bad_unmaps() == 0);
+    CHECK(os.calls_under_lock() == 0);
   }
 };
+
+// CPU time of the calling thread, in nanoseconds.
+int64_t thread_cpu_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
 
 // Fills a block with a pattern derived from `seed`; checks it. Small blocks whole, large ones at
 // every 4 KiB and at both ends (the fake's memory is the C++ heap: untouched pages stay free).
@@ -341,6 +379,147 @@ void test_eight_threads_allocating_and_freeing_across_threads() {
   t.check_empty();
 }
 
+
+// empty_cache() reaches every thread's cache: a thread that freed small objects and large blocks
+// into its own cache, and now waits, gives them back while it is still alive.
+void test_release_takes_back_what_an_idle_thread_keeps() {
+  TestPool t(1, 512, 0);
+  std::atomic<int> stage{0};
+  std::thread idle([&] {
+    std::vector<Block> blocks;
+    for (int i = 0; i < 200; ++i) blocks.push_back(t.alloc(64 + 97 * i));
+    for (int i = 0; i < 4; ++i) blocks.push_back(t.alloc(3 * kMiB));
+    for (Block& b : blocks) t.pool->free(b.ptr);  // into this thread's cache
+    stage.store(1);
+    while (stage.load() != 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (stage.load() != 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(t.allocated() == 0);
+  CHECK(t.pool->thread_cached_bytes() > 12 * static_cast<int64_t>(kMiB));
+  t.pool->release();  // the other thread is alive and waiting
+  CHECK(t.pool->thread_cached_bytes() == 0);
+  CHECK(t.reserved() == 0);
+  CHECK(t.os.live_mappings() == 0);
+  stage.store(2);
+  idle.join();
+  t.check_empty();
+}
+
+// Threads that miss together while a segment is being mapped wait for it: one map, not eight.
+void test_threads_that_miss_together_map_one_segment() {
+  TestPool t(1, 512, 0);
+  t.os.set_map_delay_us(50000);  // the kernel zeroing 32 MiB of fresh huge pages
+  constexpr int kThreads = 8;
+  std::atomic<int> ready{0};
+  std::vector<Block> got(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      ready.fetch_add(1);
+      while (ready.load() < kThreads) {
+      }
+      got[i] = t.alloc(kMiB + kUnit);  // each fits the one segment with the others
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(t.os.map_calls() == 1);
+  for (Block& b : got) {
+    CHECK(b.ptr != nullptr);
+    t.pool->free(b.ptr);
+  }
+  t.os.set_map_delay_us(0);
+  t.check_empty();
+}
+
+// A thread waiting for a lock whose holder is slow sleeps instead of spinning.
+void test_a_lock_whose_holder_is_slow_puts_its_waiters_to_sleep() {
+  LockCheckExemption exempt;  // a lock of the test's own: starting threads under it is fine
+  Lock lock;
+  lock.lock();
+  constexpr int kWaiters = 4;
+  std::atomic<int64_t> waiter_cpu_ns{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([&] {
+      const int64_t t0 = thread_cpu_ns();
+      lock.lock();
+      lock.unlock();
+      waiter_cpu_ns.fetch_add(thread_cpu_ns() - t0);
+    });
+  }
+  constexpr int64_t kHoldNs = 300000000;
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kHoldNs));
+  lock.unlock();
+  for (auto& th : waiters) th.join();
+  // Spinning (or yielding) waiters would burn up to the whole hold time each on an idle machine.
+  std::printf("     %d waiters used %.2f ms of CPU in a %.0f ms wait\n", kWaiters, waiter_cpu_ns.load() / 1e6,
+              kHoldNs / 1e6);
+  CHECK(waiter_cpu_ns.load() < kHoldNs / 10);
+}
+
+// Note [Thread statistics]: a thread's allocations from its own cache, which fold nothing into the
+// shared total, still reach the peak it reads.
+void test_the_peak_of_a_single_thread_is_exact() {
+  TestPool t(1, 512, 0);
+  std::vector<Block> blocks;
+  for (int i = 0; i < 60; ++i) blocks.push_back(t.alloc(1000));
+  blocks.push_back(t.alloc(2 * kMiB));
+  for (Block& b : blocks) t.pool->free(b.ptr);  // all cached by this thread
+  blocks.clear();
+  t.pool->reset_peaks();
+  CHECK(t.pool->allocated_bytes().bytes.peak == 0);
+  for (int i = 0; i < 50; ++i) blocks.push_back(t.alloc(1000));  // from the cache: no refill
+  blocks.push_back(t.alloc(2 * kMiB));                        // from the cache: no heap
+  const int64_t want = 50 * 1024 + 2 * static_cast<int64_t>(kMiB);
+  for (Block& b : blocks) t.pool->free(b.ptr);
+  const ByteStat s = t.pool->allocated_bytes().bytes;
+  CHECK(s.current == 0);
+  CHECK(s.peak == want);
+  t.check_empty();
+}
+
+// A large block freed is kept by its thread for the next request of the same size: no heap
+// operation; a second free of it is refused (the deleter's double-free check).
+void test_a_thread_reuses_its_large_blocks_and_refuses_a_double_free() {
+  TestPool t(1, 512, 0);
+  Block a = t.alloc(3 * kMiB + 5);
+  CHECK(t.pool->free(a.ptr) == a.size);
+  CHECK(t.pool->free(a.ptr) == 0);  // kept in the cache, free to the deleter: a double free
+  const int64_t allocs = t.allocs_of(PageKind::kHugetlb2M);
+  Block b = t.alloc(3 * kMiB + 5);
+  CHECK(b.ptr == a.ptr);
+  CHECK(t.allocs_of(PageKind::kHugetlb2M) == allocs);
+  Block c = t.alloc(3 * kMiB + 6);  // another request size: the heap
+  CHECK(c.ptr != a.ptr);
+  CHECK(t.allocs_of(PageKind::kHugetlb2M) == allocs + 1);
+  t.pool->free(b.ptr);
+  t.pool->free(c.ptr);
+  t.check_empty();
+}
+
+// When the kernel refuses to grow a heap, the spans other threads keep come back to it before
+// anything falls back to another page kind.
+void test_a_refused_growth_takes_back_what_threads_keep_before_falling_back() {
+  TestPool t(1, 16, 0);  // 32 MiB of 2 MiB pages: one segment
+  std::atomic<int> stage{0};
+  std::thread keeper([&] {
+    std::vector<Block> blocks;
+    for (int i = 0; i < 8; ++i) blocks.push_back(t.alloc(4 * kMiB));
+    for (Block& b : blocks) t.pool->free(b.ptr);  // 32 MiB kept by this thread
+    stage.store(1);
+    while (stage.load() != 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  while (stage.load() != 1) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(t.allocs_of(PageKind::kHugetlb2M) == 8);
+  Block big = t.alloc(16 * kMiB);
+  CHECK(t.allocs_of(PageKind::kHugetlb2M) == 9);
+  CHECK(t.allocs_of(PageKind::kThp) == 0);
+  t.pool->free(big.ptr);
+  stage.store(2);
+  keeper.join();
+  t.check_empty();
+}
+
 }  // namespace
 }  // namespace hpa
 
@@ -362,6 +541,12 @@ int main() {
       TEST(test_after_fork_the_child_never_reuses_inherited_memory_and_unmaps_it_when_freed),
       TEST(test_fork_copies_cover_every_live_huge_page_and_carry_its_data),
       TEST(test_eight_threads_allocating_and_freeing_across_threads),
+      TEST(test_release_takes_back_what_an_idle_thread_keeps),
+      TEST(test_threads_that_miss_together_map_one_segment),
+      TEST(test_a_lock_whose_holder_is_slow_puts_its_waiters_to_sleep),
+      TEST(test_the_peak_of_a_single_thread_is_exact),
+      TEST(test_a_thread_reuses_its_large_blocks_and_refuses_a_double_free),
+      TEST(test_a_refused_growth_takes_back_what_threads_keep_before_falling_back),
 #undef TEST
   };
   for (const auto& t : tests) {

@@ -321,9 +321,16 @@ def test_the_pool_knows_an_address_inside_its_memory_from_a_foreign_one(pool):
     b, _ = pool.alloc(4 * M)
     assert pool.holds(a) and pool.holds(a + size - 1) and pool.holds(a + 3 * M)
     assert "inside the block" in pool.describe(a + UNIT)
-    pool.free(a)
-    assert pool.holds(a) and "in the free span" in pool.describe(a)
+    pool.free(a)                                          # kept by this thread for its next 4 MiB
+    assert pool.holds(a) and "freed already and kept in a thread's cache" in pool.describe(a)
+    assert pool.free(a) == 0, "a second free of a kept block is refused: a double free"
     pool.free(b)
+    c, _ = pool.alloc(28 * M)                             # beyond the free 24 MiB: a and b come back first
+    assert c == a and pool.map_calls == 1
+    pool.free(c)
+    d, _ = pool.alloc(5 * M)                              # a, b and c coalesced: 5 MiB is cut at a
+    assert d == a and "in the free span" in pool.describe(a + 5 * M)
+    pool.free(d)
     pool.release()                                        # the segment goes back to the "kernel"
     assert not pool.holds(a)
     assert "given back to the kernel" in pool.describe(a)
