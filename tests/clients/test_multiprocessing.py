@@ -33,6 +33,9 @@ SHARING = """
 
     def bump(model, x, outbox):
         \"\"\"Writes to parameters shared with the parent, and reports a forward pass.\"\"\"
+        # The parent's thread count: a spawned child starts with one per CPU, and a matmul split
+        # over threads may sum in another order, so the bits of y would differ with any allocator.
+        torch.set_num_threads(1)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(1.0)
