@@ -13,6 +13,7 @@
 
 #include "os.h"
 #include "page_map.h"
+#include "sync.h"
 
 namespace hpa {
 
@@ -36,26 +37,29 @@ struct Segment {
 // is free (a second free of it is a double free).
 enum class SpanState : uint8_t { kFree = 0, kLarge = 1, kSlab = 2, kCached = 3 };
 
-struct Span {
+// Line-aligned, so that a thread freeing one block never writes a line that holds another
+// block's record (cross-thread frees would bounce it): the first line holds what the deleter and
+// the heaps read, the second what a slab's central list writes.
+struct alignas(kCacheLine) Span {
   // Read lock-free by the deleter (Pool::free); written under the owning heap's lock, or by the
   // thread that holds the span (kLarge, kCached).
   std::atomic<uintptr_t> start{0};
   std::atomic<SpanState> state{SpanState::kFree};
+  uint8_t size_class = 0;       // kSlab
+  bool in_partial = false;      // kSlab: on its size class's list of slabs with free objects
+  uint32_t object_size = 0;     // kSlab
   size_t units = 0;             // length in 64 KiB units
   Segment* segment = nullptr;
+  size_t requested = 0;         // kLarge: bytes asked for
   Span* prev = nullptr;         // free lists of the heap, partial lists of the arena, spare lists,
                                 // chains of spans on their way back to a heap
   Span* next = nullptr;
-  size_t requested = 0;         // kLarge: bytes asked for
 
   // kSlab only (guarded by the owning size class's lock).
-  void* free_objects = nullptr;  // intrusive list threaded through the free objects
+  alignas(kCacheLine) void* free_objects = nullptr;  // intrusive list threaded through the free objects
   uintptr_t bump = 0;            // objects at or beyond this address were never handed out
-  uint32_t object_size = 0;
   uint32_t live = 0;             // objects handed out (to users or thread caches)
   uint32_t capacity = 0;
-  uint8_t size_class = 0;
-  bool in_partial = false;       // on its size class's list of slabs with free objects
 
   // Every field to its initial value; the atomics by store, as a stale reader may still look.
   void reset() {

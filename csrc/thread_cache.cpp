@@ -9,6 +9,7 @@
 namespace hpa {
 
 std::atomic<bool> g_fast_gate{false};
+thread_local constinit ThreadCacheSlot t_cache_slots[8] = {};
 
 // ---------------------------------------------------------------------------------------------
 // Large slots

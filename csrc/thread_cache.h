@@ -52,7 +52,7 @@ extern std::atomic<bool> g_fast_gate;
 struct alignas(kCacheLine) ThreadCache {
   // Large spans a thread keeps (pool.h): at most kLargeSlots of at most kLargeMax bytes each,
   // kLargeBytes in all. A request takes one only when it asks for exactly the same bytes.
-  static constexpr int kLargeSlots = 8;
+  static constexpr int kLargeSlots = 32;
   static constexpr size_t kLargeMax = 8 * kMiB;
   static constexpr size_t kLargeBytes = 32 * kMiB;
 
@@ -149,7 +149,7 @@ struct ThreadCacheSlot {
   uint64_t generation;
   ThreadCache* cache;
 };
-inline thread_local ThreadCacheSlot t_cache_slots[8];
+extern thread_local constinit ThreadCacheSlot t_cache_slots[8];  // thread_cache.cpp
 
 // Every ThreadCache of one pool, and each thread's way to its own.
 class ThreadCaches {
