@@ -15,7 +15,9 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 def native_extension():
     debug = os.environ.get("DEBUG", "0") == "1"
-    flags = ["-std=c++20", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    # Hidden: the module exports its init function only (the tests' module, tests/native, holds
+    # another copy of the core, which must not bind to this one's).
+    flags = ["-std=c++20", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
     if platform.machine() == "x86_64":
         # TLS descriptors: the thread-cache lookup on every allocation, from a module loaded with
         # dlopen, costs a few instructions instead of a call to __tls_get_addr (aarch64 has them

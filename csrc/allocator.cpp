@@ -117,14 +117,7 @@ bool HugePageAllocator::is_installed() const {
 }
 
 Plan HugePageAllocator::plan_for(size_t nbytes) const {
-  const KindMask mask = kinds_.load(std::memory_order_relaxed);
-  Plan plan;
-  if ((mask & kind_bit(PageKind::kHugetlb1G)) &&
-      nbytes >= huge_1g_min_size_.load(std::memory_order_relaxed))
-    plan.add(PageKind::kHugetlb1G);
-  for (PageKind k : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase})
-    if (mask & kind_bit(k)) plan.add(k);
-  return plan;
+  return make_plan(kinds_.load(std::memory_order_relaxed), nbytes, huge_1g_min_size_.load(std::memory_order_relaxed));
 }
 
 int HugePageAllocator::current_node() const {

@@ -45,6 +45,17 @@ using KindMask = uint8_t;
 constexpr KindMask kind_bit(PageKind k) { return static_cast<KindMask>(1u << static_cast<int>(k)); }
 constexpr KindMask kAllKinds = (1u << kNumPageKinds) - 1;
 
+// The plan of a request of `nbytes` under the page kinds `kinds` allows: 1 GiB pages first from
+// `huge_1g_min_size` up, then 2 MiB pages, THP, base pages (the process allocator's rule, and the
+// test pools').
+inline Plan make_plan(KindMask kinds, size_t nbytes, size_t huge_1g_min_size) {
+  Plan plan;
+  if ((kinds & kind_bit(PageKind::kHugetlb1G)) && nbytes >= huge_1g_min_size) plan.add(PageKind::kHugetlb1G);
+  for (PageKind k : {PageKind::kHugetlb2M, PageKind::kThp, PageKind::kBase})
+    if (kinds & kind_bit(k)) plan.add(k);
+  return plan;
+}
+
 struct HugetlbPages {
   int64_t pages_2m = 0;
   int64_t pages_1g = 0;

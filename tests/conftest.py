@@ -13,10 +13,10 @@ import textwrap
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import kernel  # noqa: E402
-
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+# kernel.py, and the tests' native module hpa_testing (built by ./run: tests/native/build.py).
+sys.path[:0] = [TESTS_DIR, os.path.join(TESTS_DIR, "native")]
+import kernel  # noqa: E402
 
 
 def _online_nodes() -> int:
@@ -79,7 +79,7 @@ def pools():
 
 PRELUDE = """
 import json, os, resource, sys
-sys.path.insert(0, {tests_dir!r})
+sys.path[:0] = [{tests_dir!r}, os.path.join({tests_dir!r}, "native")]
 import torch
 import kernel
 import hugepage_allocator as hpa

@@ -75,27 +75,27 @@ def test_lazy_clone_and_clone_copy_the_data(pools, python):
 BAD_FREES = {
     "into_a_block": ("""
         t = torch.empty(4 << 20, dtype=torch.uint8)
-        _C.testing.delete_ptr(t.data_ptr() + (64 << 10))
+        hpa_testing.delete_ptr(t.data_ptr() + (64 << 10))
     """, "inside the block"),
     "twice": ("""
         t = torch.empty(16 << 20, dtype=torch.uint8)
         keep = torch.empty(4 << 20, dtype=torch.uint8)     # keeps the segment mapped
         addr = t.data_ptr()
         del t
-        _C.testing.delete_ptr(addr)
+        hpa_testing.delete_ptr(addr)
     """, "in the free span"),
     "twice_while_its_thread_keeps_it": ("""
         t = torch.empty(4 << 20, dtype=torch.uint8)        # a size this thread keeps when freed
         addr = t.data_ptr()
         del t
-        _C.testing.delete_ptr(addr)
+        hpa_testing.delete_ptr(addr)
     """, "freed already and kept in a thread's cache"),
     "after_its_memory_went_back": ("""
         t = torch.empty(96 << 20, dtype=torch.uint8)       # a segment of its own
         addr = t.data_ptr()
         del t
         hpa.empty_cache()                                  # unmapped: nothing is there any more
-        _C.testing.delete_ptr(addr)
+        hpa_testing.delete_ptr(addr)
     """, "given back to the kernel"),
 }
 
@@ -108,7 +108,7 @@ def test_a_free_that_is_no_block_of_ours_stops_with_a_message_naming_it(pools, p
     pools.ensure_free("2M", 64)
     code, words = BAD_FREES[case]
     r = python("""
-        from hugepage_allocator import _C
+        import hpa_testing
         hpa.install()
         print("before", flush=True)
     """ + code + """

@@ -58,7 +58,7 @@ FORK_CHURN = """
     torch.set_num_threads(1)   # libgomp's thread pool does not survive fork(): a torch limit
     hpa.install()
     stop = threading.Event()
-    from hugepage_allocator._C.testing import time_alloc_free
+    from hpa_testing import time_alloc_free
     def churn(seed):
         i = 0
         while not stop.is_set():
@@ -68,7 +68,7 @@ FORK_CHURN = """
             big.fill_(1)
             del big, small
             # Allocations without the GIL, so that the fork lands inside the allocator's locks.
-            time_alloc_free("hugepage", (3 << 20) if i % 2 else (200 << 10), 1, 500)
+            time_alloc_free((3 << 20) if i % 2 else (200 << 10), 1, 500)
     workers = [threading.Thread(target=churn, args=(0,))]
     for w in workers: w.start()
 """

@@ -6,7 +6,7 @@ hugetlb pages that populate() takes from as the mapping's policy says, like the 
 import pytest
 import torch  # noqa: F401  (loads libtorch for the native module)
 
-from hugepage_allocator._C.testing import FakePool
+from hpa_testing import FakePool
 
 G1, M2, THP, BASE = 0, 1, 2, 3
 LOCAL, PREFERRED, BIND, INTERLEAVE = 0, 1, 2, 3          # NumaMode (placement.h)

@@ -5,7 +5,7 @@ import pytest
 import torch  # noqa: F401  (loads libtorch for the native module)
 
 from hugepage_allocator._C import size_class, small_max
-from hugepage_allocator._C.testing import FakePool
+from hpa_testing import FakePool
 
 G1, M2, THP, BASE = 0, 1, 2, 3
 ALL = 0b1111

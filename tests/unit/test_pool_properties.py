@@ -4,7 +4,7 @@ import torch  # noqa: F401  (loads libtorch for the native module)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hugepage_allocator._C.testing import FakePool
+from hpa_testing import FakePool
 
 K, M = 1 << 10, 1 << 20
 sizes = st.one_of(
