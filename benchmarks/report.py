@@ -166,8 +166,89 @@ def table(results, group: str, quick: bool) -> list[list[str]]:
     return rows
 
 
+# The many-threads workload: a row per (size, mode, allocator), a column per thread count, each
+# figure beside the same allocator's at one thread.
+
+def _threads_data(results, quick: bool):
+    work = workloads.GROUPS["threads"](quick)
+    data = results.data.get("threads", {})
+    by = {}  # (size, mode) -> allocator -> threads -> {metric: median}
+    for c in work.cases:
+        size, mode, threads = work.parse(c.name)
+        for alloc, per in data.get(c.name, {}).items():
+            by.setdefault((size, mode), {}).setdefault(alloc, {})[threads] = {k: v["median"] for k, v in per.items()}
+    return work, by
+
+
+def _millions(v: float) -> str:
+    return f"{v / 1e6:.1f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+
+
+def threads_table(results, quick: bool, key: str) -> list[list[str]]:
+    """pairs_per_s: pairs/s (x the same allocator at one thread); pair_ns: ns per pair in the allocator (x)."""
+    work, by = _threads_data(results, quick)
+    rows = [["size, frees", "allocator"] + [f"{t} thread{'s' if t > 1 else ''}" for t in work.THREADS]]
+    for (size, mode), allocs in by.items():
+        for a in allocators.for_workload("threads"):
+            if a.name not in allocs:
+                continue
+            per = allocs[a.name]
+            one = per.get(1, {}).get(key)
+            row = [f"{size} ({_human(work.SIZES[size])}), {mode}-thread", a.name]
+            for t in work.THREADS:
+                v = per.get(t, {}).get(key)
+                if v is None:
+                    row.append("")
+                    continue
+                cell = _millions(v) if key == "pairs_per_s" else fmt(v)
+                if one and t > 1:
+                    cell += f" ({v / one:.2f}x)"
+                row.append(cell)
+            rows.append(row)
+    return rows
+
+
+def _human(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB" if n >= 1 << 10 else f"{n} B"
+
+
+def threads_chart(results, quick: bool, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    work, by = _threads_data(results, quick)
+    if not by:
+        return
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
+    for ax, ((size, mode), allocs) in zip(axes.flat, by.items()):
+        for a in allocators.for_workload("threads"):
+            per = allocs.get(a.name)
+            if not per:
+                continue
+            ts = [t for t in work.THREADS if t in per]
+            style = dict(linewidth=2.5, color="tab:green") if a.name.startswith("hpa") else \
+                dict(linewidth=1.2, color="0.45", linestyle="--") if a.name == allocators.BASELINE else dict(linewidth=1.2)
+            ax.plot(ts, [per[t]["pairs_per_s"] / 1e6 for t in ts], marker="o", label=a.name, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(work.THREADS), [str(t) for t in work.THREADS])
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{size} ({_human(work.SIZES[size])}), {mode}-thread frees", fontsize=10)
+        ax.set_xlabel("threads", fontsize=9)
+        ax.set_ylabel("million pairs / s", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{work.title}{' (quick)' if quick else ''}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 # The summary: one column per workload's headline figure.
 SUMMARY = [
+    ("threads", "small cross 16T", "pairs_per_s", "median", "16 threads, 1 KiB: pairs/s"),
+    ("threads", "large cross 16T", "pairs_per_s", "median", "16 threads, 1 MiB: pairs/s"),
     ("churn", "step", "ms", "median", "churn: ms/step"),
     ("churn", "step", "faults", "median", "churn: faults/step"),
     ("first_touch", "fresh tensor", "ms", "median", "first touch: ms"),
@@ -222,7 +303,11 @@ def plain_table(rows: list[list[str]]) -> str:
 
 def text_tables(results, quick: bool):
     for group in workloads.GROUPS:
-        if group in results.data:
+        if group == "threads" and group in results.data:
+            work = workloads.GROUPS[group](quick)
+            yield work.title + ": pairs/s", plain_table(threads_table(results, quick, "pairs_per_s"))
+            yield work.title + ": ns per pair in the allocator", plain_table(threads_table(results, quick, "pair_ns"))
+        elif group in results.data:
             work = workloads.GROUPS[group](quick)
             yield work.title, plain_table(table(results, group, quick))
 
@@ -303,6 +388,20 @@ def aims(results) -> list[tuple[str, str]]:
                 if None not in (d, v):
                     out.append((f"generate {case} batch {batch}, {hpa}: tokens/s no lower than the default's",
                                 _verdict(v >= d, f"{v / d:.2f}x")))
+    work = workloads.Threads
+    for size in work.SIZES:
+        for mode in work.MODES:
+            one = r("threads", f"{size} {mode} 1T", "hpa-2M", "pair_ns")
+            for t in (8, 16):
+                case = f"{size} {mode} {t}T"
+                ours, tc = r("threads", case, "hpa-2M", "pairs_per_s"), r("threads", case, "tcmalloc", "pairs_per_s")
+                if None not in (ours, tc):
+                    out.append((f"threads {case}, hpa-2M: pairs/s at least tcmalloc's",
+                                _verdict(ours >= tc, f"{ours / tc:.2f}x")))
+                ns = r("threads", case, "hpa-2M", "pair_ns")
+                if None not in (one, ns):
+                    out.append((f"threads {case}, hpa-2M: time per pair at most 1.5x one thread's",
+                                _verdict(ns <= 1.5 * one, f"{ns / one:.2f}x ({fmt(ns)} vs {fmt(one)} ns)")))
     for hpa in ("hpa-2M", "hpa-1G"):
         pages = results.info.get("generate", {}).get(hpa, {}).get("weights pages")
         if pages is not None:
@@ -400,14 +499,22 @@ def write(results, folder: str, quick: bool) -> str:
             continue
         work = workloads.GROUPS[group](quick)
         png = f"{group}.png"
-        chart(results, group, quick, os.path.join(folder, png))
         rounds, warmup = work.quick_rounds if quick else work.rounds
         how = (f"{rounds} rounds, each in a fresh process" if work.process_per == "round"
                else f"{rounds} rounds after {warmup} warm-up" if warmup else f"{rounds} rounds")
-        label = _shared_label(work)
-        lines += [f"## {work.title}", "", work.about, "",
-                  f"Medians over {how}" + (f"; figures are {label}." if label else "."), "",
-                  markdown_table(table(results, group, quick)), ""]
+        if group == "threads":
+            threads_chart(results, quick, os.path.join(folder, png))
+            lines += [f"## {work.title}", "", work.about, "", f"Medians over {how}.", "",
+                      "Pairs per second (in brackets: over one thread's):", "",
+                      markdown_table(threads_table(results, quick, "pairs_per_s")), "",
+                      "Time per pair in the allocator, ns (in brackets: over one thread's):", "",
+                      markdown_table(threads_table(results, quick, "pair_ns")), ""]
+        else:
+            chart(results, group, quick, os.path.join(folder, png))
+            label = _shared_label(work)
+            lines += [f"## {work.title}", "", work.about, "",
+                      f"Medians over {how}" + (f"; figures are {label}." if label else "."), "",
+                      markdown_table(table(results, group, quick)), ""]
         if os.path.exists(os.path.join(folder, png)):
             lines += [f"![{work.title}]({png})", ""]
     path = os.path.join(folder, "report.md")

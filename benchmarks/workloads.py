@@ -717,5 +717,72 @@ class Generate(Workload):
         return {"weights pages": weights_pages(list(self.model.parameters()))}
 
 
-GROUPS = {w.name: w for w in (HotPath, Churn, FirstTouch, Gather, Training, Inference, DataLoaderBatches,
-                               Generate)}
+# ---------------------------------------------------------------------------------------------
+# 9. The hot path under many threads
+
+_MT = (Metric("pairs_per_s", "pairs/s", higher_is_better=True), Metric("pair_ns", "ns per pair in the allocator"),
+       Metric("cpu_ns", "CPU ns per pair"))
+_MT_SIZES = {"small": 1 << 10, "large": MiB}
+_MT_MODES = ("same", "cross")
+_MT_THREADS = (1, 2, 4, 8, 16)
+
+
+class Threads(Workload):
+    """Allocate+free pairs from 1 to 16 C++ threads at once (hpa_testing.time_threads: no GIL, no
+    Python in the loop), each thread freeing its own blocks or (cross) the blocks of the thread
+    before it in a ring, handed over in batches of 32. Figures: pairs per second of wall time over
+    all threads; the time per pair spent in the allocator (median over batches: the hand-over and
+    preempted batches left out); the process's CPU time per pair (results.json only)."""
+
+    name = "threads"
+    title = "Many threads: allocate+free pairs"
+    about = ("Allocate+free pairs from 1, 2, 4, 8 and 16 C++ threads started together (no GIL, no Python in "
+             "the loop; the c10 allocator's raw_allocate/raw_deallocate, as oneDNN calls them), of a small "
+             "size (1 KiB) and a large one (1 MiB). `same`: each thread frees its own blocks; `cross`: each "
+             "thread hands batches of 32 blocks to the next thread in a ring (up to 32 MiB in flight) and frees "
+             "a batch it got, so every block is freed by another thread than the one that made it. Pairs per "
+             "second of wall time over all threads (in brackets: over the same allocator's figure at one "
+             "thread; a machine of N CPUs can reach at most Nx), and the time a pair spends in the allocator "
+             "(each batch's allocations and frees timed, the hand-over not; the median over all batches, so "
+             "that a batch in which its thread was preempted does not count). More threads than CPUs is a "
+             "real case: it exposes lock convoys and spinning.")
+    SIZES = _MT_SIZES
+    MODES = _MT_MODES
+    THREADS = _MT_THREADS
+    TOTAL_PAIRS = {"small": 1_600_000, "large": 800_000}  # per round, over all threads
+    cases = tuple(Case(f"{size} {mode} {t}T", _MT) for size in _MT_SIZES for mode in _MT_MODES for t in _MT_THREADS)
+    rounds = (7, 1)
+    quick_rounds = (2, 1)
+    allocators = ("default", "hpa-2M", "tcmalloc", "jemalloc", "mimalloc")
+
+    def hugetlb_need(self):
+        # Cross mode at 16 threads: 64 blocks of 1 MiB in flight per thread, and what each keeps.
+        return {"2M": 2 * GiB, "1G": 0, "2M beside 1G": 2 * GiB}
+
+    @staticmethod
+    def parse(case: str) -> tuple[str, str, int]:
+        size, mode, threads = case.split()
+        return size, mode, int(threads[:-1])
+
+    def setup(self, case):
+        import torch
+
+        import hugepage_allocator
+        from hpa_testing import time_threads
+
+        _set_threads()
+        self.time_threads = time_threads
+        torch.empty(1)
+        return {"c++ allocator": "hugepage" if hugepage_allocator.is_installed() else "default"}
+
+    def run(self, case):
+        size, mode, threads = self.parse(case)
+        total = self.TOTAL_PAIRS[size] // (8 if self.quick else 1)
+        per_thread = max(32, total // threads // 32 * 32)
+        r = self.time_threads(self.SIZES[size], threads, per_thread, cross=(mode == "cross"))
+        return {"pairs_per_s": r["pairs"] / (r["wall_ns"] / 1e9), "pair_ns": r["batch_ns"],
+                "cpu_ns": r["cpu_ns"] / r["pairs"]}
+
+
+GROUPS = {w.name: w for w in (HotPath, Threads, Churn, FirstTouch, Gather, Training, Inference,
+                               DataLoaderBatches, Generate)}
