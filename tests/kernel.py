@@ -41,6 +41,16 @@ def page_size_kb(address: int) -> int:
     return mapping_of(address).kernel_page_kb
 
 
+def hugetlb_kb(pid: str = "self") -> int:
+    """Explicit huge pages a process maps, in kB (smaps_rollup: Private_Hugetlb + Shared_Hugetlb)."""
+    total = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Hugetlb:", "Shared_Hugetlb:")):
+                total += int(line.split()[1])
+    return total
+
+
 def pool(size: str, field: str) -> int:
     """A counter of the kernel's hugetlb pool: nr_hugepages, free_hugepages, resv_hugepages, ..."""
     with open(os.path.join(HUGEPAGES, SIZE_DIRS[size], field)) as f:
