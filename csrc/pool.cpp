@@ -201,10 +201,10 @@ void Pool::flush_thread_caches() {
     SmallArena::Bins bins;
     arena_.detach_bins(tc, &bins);
     arena_.give_bins(bins, &empty);
-    for (uint32_t i = 0; i < tc->large_count; ++i) push_chain(&spans, tc->large[i].span);
-    tc->drained_bytes.fetch_add(bins.bytes + static_cast<int64_t>(tc->large_bytes), std::memory_order_relaxed);
-    tc->large_count = 0;
-    tc->large_bytes = 0;
+    const int64_t large_bytes = static_cast<int64_t>(tc->large_bytes);
+    Span* large[ThreadCache::kLargeSlots];
+    for (int i = 0, n = tc->take_all_large(large); i < n; ++i) push_chain(&spans, large[i]);
+    tc->drained_bytes.fetch_add(bins.bytes + large_bytes, std::memory_order_relaxed);
   });
   put_slabs(empty);
   while (spans != nullptr) {
@@ -226,10 +226,7 @@ void Pool::drain_thread_cache(void* pool, ThreadCache* tc) {
   self.arena_.give_bins(bins, &empty);
   self.put_slabs(empty);
   Span* spans[ThreadCache::kLargeSlots];
-  for (uint32_t i = 0; i < tc->large_count; ++i) spans[i] = tc->large[i].span;
-  self.return_spans(spans, static_cast<int>(tc->large_count));
-  tc->large_count = 0;
-  tc->large_bytes = 0;
+  self.return_spans(spans, tc->take_all_large(spans));
 }
 
 size_t Pool::block_size(const void* p) const {
@@ -392,10 +389,7 @@ void Pool::forget_after_fork() {
   caches_.forget_after_fork([&](ThreadCache* tc) {
     arena_.forget_bins(tc);
     Span* spans[ThreadCache::kLargeSlots];
-    for (uint32_t i = 0; i < tc->large_count; ++i) spans[i] = tc->large[i].span;
-    return_spans(spans, static_cast<int>(tc->large_count));
-    tc->large_count = 0;
-    tc->large_bytes = 0;
+    return_spans(spans, tc->take_all_large(spans));
     tc->cached_bytes.store(tc->drained_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
   });
 }

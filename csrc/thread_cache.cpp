@@ -46,6 +46,14 @@ int ThreadCache::take_large_of(PageKind kind, int want_node, Span** out) {
   return n;
 }
 
+int ThreadCache::take_all_large(Span** out) {
+  const int n = static_cast<int>(large_count);
+  for (int i = 0; i < n; ++i) out[i] = large[i].span;
+  large_count = 0;
+  large_bytes = 0;
+  return n;
+}
+
 int ThreadCache::put_large(Span* s, size_t requested, PageKind kind, int span_node, Span** evicted) {
   int n = 0;
   if (large_count == kLargeSlots || large_bytes + s->bytes() > kLargeBytes) {

@@ -138,6 +138,9 @@ struct alignas(kCacheLine) ThreadCache {
   Span* take_large(size_t requested, PageKind kind, int node);
   // Takes every span of `kind` on `node` off the slots, into out[] (kLargeSlots entries).
   int take_large_of(PageKind kind, int node, Span** out);
+  // Takes every span off the slots, into out[] (kLargeSlots entries), leaving cached_bytes to the
+  // caller (the owner, or a thread that quiesced it: see drained_bytes).
+  int take_all_large(Span** out);
   // Keeps `s` (REQUIRES: s->bytes() <= kLargeMax): the oldest spans make room, into evicted[]
   // (at least kLargeSlots entries); returns how many were evicted.
   int put_large(Span* s, size_t requested, PageKind kind, int node, Span** evicted);

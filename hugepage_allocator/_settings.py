@@ -183,7 +183,8 @@ SETTINGS: tuple[Setting, ...] = (
         "max_cached", None, "a size, or unlimited",
         "Idle (free but mapped) memory kept for reuse. When a free leaves a whole segment idle "
         "and the pool holds more idle memory than this, the segment goes back to the kernel at "
-        "once. empty_cache() gives back every idle segment whatever this says.",
+        "once; with a limit set, threads keep no large blocks of their own (only small objects). "
+        "empty_cache() gives back every idle segment whatever this says.",
         _size_or_unlimited,
     ),
     Setting(
