@@ -164,8 +164,7 @@ void Pool::return_spans(Span** spans, int n) {
     int m = 0;
     for (int j = i; j < n; ++j) {
       if (spans[j] == nullptr || &heap(spans[j]->segment->node, spans[j]->segment->kind) != &h) continue;
-      spans[j]->state.store(SpanState::kLarge, std::memory_order_relaxed);
-      batch[m++] = spans[j];
+      batch[m++] = spans[j];  // still kCached: a second free of it meanwhile is refused
       spans[j] = nullptr;
       if (m == ThreadCache::kLargeSlots) {
         h.free_many(batch, m);

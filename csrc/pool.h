@@ -103,8 +103,12 @@ class Pool final : private SlabSource, private IdleGauge, private Reclaimer {
 
   // The kinds small requests' slabs may come from (bit of 1 GiB ignored).
   void set_small_kinds(KindMask mask) { small_kinds_.store(mask, std::memory_order_relaxed); }
-  // Idle bytes kept: a segment that becomes fully free beyond this is unmapped at once.
-  void set_max_cached(size_t bytes) { max_cached_.store(bytes, std::memory_order_relaxed); }
+  // Idle bytes kept: a segment that becomes fully free beyond this is unmapped at once. With a
+  // limit, threads keep no large blocks: what they keep goes back now.
+  void set_max_cached(size_t bytes) {
+    max_cached_.store(bytes, std::memory_order_relaxed);
+    if (bytes != kUnlimited) flush_thread_caches();
+  }
   // The calling thread's small objects come from `node` from now on.
   void bind_thread_cache(int node);
   // How new memory is bound (PageSource::set_binding).
@@ -147,8 +151,9 @@ class Pool final : private SlabSource, private IdleGauge, private Reclaimer {
   // Empties every thread's cache: small objects to the central lists, large spans to the heaps.
   void flush_thread_caches();
   static void drain_thread_cache(void* pool, ThreadCache* tc);  // ThreadCaches::Drain
-  // Gives spans taken out of thread caches (state kCached or kLarge) back to their heaps, one
-  // lock per heap. Entries are consumed (set to nullptr).
+  // Gives spans taken out of thread caches (state kCached) back to their heaps, one lock per
+  // heap; they stay kCached until the heap frees them, so that a double free meanwhile is still
+  // refused. Entries are consumed (set to nullptr).
   void return_spans(Span** spans, int n);
   bool caches_large() const { return max_cached_.load(std::memory_order_relaxed) == kUnlimited; }
   SpanHeap& heap(int node, PageKind kind) { return *heaps_[node * kNumPageKinds + static_cast<int>(kind)]; }

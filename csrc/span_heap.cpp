@@ -154,6 +154,9 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
   }
 
   mu_.lock();
+  // Records for carve() before the segment is published: ensure_records() may release the lock,
+  // and a published free segment may be given back by another thread meanwhile.
+  if (fresh != nullptr) (void)ensure_records();
   if (lead) growing_ = false;
   grown_.store(grown_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   const bool wake = waiters_ > 0;
@@ -165,7 +168,6 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
     if (kind_ != PageKind::kHugetlb1G && newest != nullptr && segments_ == newest) trim_tail(newest, &trimmed);
     add_segment(fresh);
     free_.remove(fresh);
-    (void)ensure_records();  // the lock was released: others may have taken the spare records
     s = carve(fresh, units, requested);  // from the new segment: it was grown for this request
     *from_cache = false;
   } else {
@@ -440,6 +442,11 @@ void SpanHeap::forget_after_fork() {
   }
   free_ = FreeSpans();
   backoff_.reset();
+  // A growth in flight at fork() belongs to a thread that does not exist here: nobody would wake
+  // a waiter, or clear the flag.
+  growing_ = false;
+  growing_spare_ = 0;
+  waiters_ = 0;
 }
 
 PoolStats SpanHeap::stats() const {

@@ -191,7 +191,7 @@ class alignas(kCacheLine) SpanHeap {
   static constexpr uint8_t kServedForOtherNode = 2;
   Span* allocate(size_t units, size_t requested, size_t max_leftover, bool force, uint8_t how,
                  bool* from_cache);
-  // Takes back a span of this heap (state kLarge or kSlab) and coalesces it.
+  // Takes back a span of this heap (state kLarge, kCached or kSlab) and coalesces it.
   void free(Span* s) { free_many(&s, 1); }
   // Takes back `n` spans of this heap under one lock.
   void free_many(Span* const* spans, int n);

@@ -6,7 +6,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <climits>
+#include <cerrno>
+#include <cstdlib>
 
 namespace hpa {
 
@@ -46,7 +47,18 @@ bool asymmetric_fences() {
   return available;
 }
 
-void heavy_fence() { (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0); }
+void heavy_fence() {
+  // Registered, the command fails only for want of memory for a CPU mask (ENOMEM), or when
+  // interrupted: it is tried again. Going on without it would race with the owners' caches.
+  while (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+    if (errno != ENOMEM && errno != EINTR && errno != EAGAIN) {
+      static const char msg[] = "hugepage_allocator: fatal: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after registration\n";
+      (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+      std::abort();
+    }
+    sched_yield();
+  }
+}
 
 // Spins about as long as a critical section of the pool takes (a few hundred nanoseconds to a
 // few microseconds), then sleeps. Once a sleeper may exist the state stays 2 until the lock is

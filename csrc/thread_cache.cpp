@@ -83,11 +83,17 @@ int ThreadCache::put_large(Span* s, size_t requested, PageKind kind, int span_no
 namespace {
 
 // Adds `from`'s counters to `to`'s (the dead threads' totals, or a sum being read).
+void add_frees(ThreadCache* to, const ThreadCache& from) {
+  ThreadCache::bump(to->freed, from.freed.load(std::memory_order_acquire));
+  ThreadCache::bump(to->slack_freed, from.slack_freed.load(std::memory_order_acquire));
+}
+void add_allocations(ThreadCache* to, const ThreadCache& from) {
+  ThreadCache::bump(to->allocated, from.allocated.load(std::memory_order_acquire));
+  ThreadCache::bump(to->slack_allocated, from.slack_allocated.load(std::memory_order_acquire));
+}
 void add_counts(ThreadCache* to, const ThreadCache& from) {
-  ThreadCache::bump(to->allocated, from.allocated.load(std::memory_order_relaxed));
-  ThreadCache::bump(to->freed, from.freed.load(std::memory_order_relaxed));
-  ThreadCache::bump(to->slack_allocated, from.slack_allocated.load(std::memory_order_relaxed));
-  ThreadCache::bump(to->slack_freed, from.slack_freed.load(std::memory_order_relaxed));
+  add_frees(to, from);
+  add_allocations(to, from);
 }
 
 // Generation of the pool living in each slot (0: none). Generations are never reused, so a
@@ -194,9 +200,11 @@ void ThreadCaches::release_all() {
 void ThreadCaches::lock_all() {
   mu_.lock();
   quiesce_all();
+  orphan_mu_.lock();
 }
 
 void ThreadCaches::unlock_all() {
+  orphan_mu_.unlock();
   release_all();
   mu_.unlock();
 }
@@ -264,12 +272,18 @@ int64_t ThreadCaches::approx_allocated() const {
 
 ThreadCaches::CallerBytes ThreadCaches::allocated_bytes() {
   if (ThreadCache* self = mine_if_any()) fold(self);
+  // Every thread's frees first, then every thread's allocations: a block freed on one thread after
+  // another made it is then counted out only if it was counted in, so the sum errs only by the
+  // blocks allocated while it is read, never below what callers hold.
   ThreadCache sum;
   mu_.lock();
-  add_counts(&sum, dead_);
-  for (const ThreadCache* tc = head_; tc != nullptr; tc = tc->next) add_counts(&sum, *tc);
+  add_frees(&sum, dead_);
+  for (const ThreadCache* tc = head_; tc != nullptr; tc = tc->next) add_frees(&sum, *tc);
+  add_frees(&sum, orphan_);
+  add_allocations(&sum, dead_);
+  for (const ThreadCache* tc = head_; tc != nullptr; tc = tc->next) add_allocations(&sum, *tc);
+  add_allocations(&sum, orphan_);
   mu_.unlock();
-  add_counts(&sum, orphan_);
   CallerBytes out;
   out.bytes.allocated = sum.allocated.load(std::memory_order_relaxed);
   out.bytes.freed = sum.freed.load(std::memory_order_relaxed);

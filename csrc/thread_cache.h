@@ -23,13 +23,18 @@
 // Note [Thread statistics]
 // Each thread counts the bytes it hands to callers and takes back (`allocated`, `freed`: running
 // totals written only by it), so no allocation writes a shared counter. memory_stats() sums them
-// under the registry's lock: `current` is exact at the time it is read. The peak needs a global
+// under the registry's lock, every thread's frees before every thread's allocations: `current` is
+// exact when no other thread allocates meanwhile, and otherwise errs only by the blocks allocated
+// while it is read (a block freed on another thread than its own is never counted out without
+// having been counted in). The peak needs a global
 // order, so threads fold their net change into a shared total at their slow paths (refilling or
 // draining small objects, every large request that reaches a heap, thread exit) and the peak is
 // raised there and when stats are read. Each thread also remembers the highest point it reached
 // since its last fold, so the peak is exact for a program whose allocations come from one thread
 // (the one that reads it). With several threads it may miss, from the other threads, what they
-// allocated from their own caches since their last fold: at most what those caches held then.
+// allocated from their own caches since their last fold (at most what those caches held then),
+// and overstate by what a thread gave back to its heaps since its last fold (a fold follows a
+// large free only once a thread gave back kFoldAfterFree, 64 MiB).
 #pragma once
 
 #include <atomic>
@@ -101,7 +106,8 @@ struct alignas(kCacheLine) ThreadCache {
       if (g_fast_gate.load(std::memory_order_relaxed)) [[likely]] {
         busy.store(1, std::memory_order_relaxed);
         std::atomic_signal_fence(std::memory_order_seq_cst);
-        r = revoked.load(std::memory_order_relaxed);
+        // Acquire: what an emptier wrote before clearing the flag is seen (free on x86).
+        r = revoked.load(std::memory_order_acquire);
       } else {
         busy.exchange(1, std::memory_order_seq_cst);
         r = revoked.load(std::memory_order_seq_cst);
@@ -118,12 +124,14 @@ struct alignas(kCacheLine) ThreadCache {
   }
 
   // Statistics, by the owner (Note [Thread statistics]).
+  // Release: a reader that sees a count sees what happened before it (ThreadCaches sums frees
+  // before allocations). A plain store on x86.
   static void bump(std::atomic<int64_t>& a, int64_t n) {
-    a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_release);
   }
   void count_alloc(int64_t n, int64_t slack) {
     const int64_t a = allocated.load(std::memory_order_relaxed) + n;
-    allocated.store(a, std::memory_order_relaxed);
+    allocated.store(a, std::memory_order_release);
     if (slack != 0) bump(slack_allocated, slack);
     const int64_t excursion = a - freed.load(std::memory_order_relaxed) - folded;
     if (excursion > high.load(std::memory_order_relaxed)) high.store(excursion, std::memory_order_relaxed);

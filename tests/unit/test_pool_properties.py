@@ -1,5 +1,6 @@
 """Random sequences of allocations and frees over the fake OS: live blocks never overlap, every byte
-is accounted, the stats equal the sum of the live blocks, and everything goes back at the end."""
+is accounted, the stats equal the sum of the live blocks, everything goes back at the end, and no
+system call was made under a pool lock (hpa_testing counts them: Note [Lock checks])."""
 import torch  # noqa: F401  (loads libtorch for the native module)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,3 +47,4 @@ def test_random_alloc_free_sequences_keep_the_pool_exact(ops, pages, cap):
     assert pool.stats()["allocated_bytes.all.current"] == 0
     pool.release()
     assert pool.live_mappings == 0 and pool.bad_unmaps == 0 and pool.free_pages(1) == 2 * pages
+    assert pool.calls_under_lock == 0, "a system call was made while a pool lock was held"
