@@ -222,14 +222,18 @@ def threads_chart(results, quick: bool, path: str) -> None:
     if not by:
         return
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), squeeze=False)
+    others = iter(["tab:orange", "tab:blue", "tab:purple", "tab:red", "tab:brown", "tab:olive", "tab:cyan"])
+    colors = {a.name: "tab:green" if a.name.startswith("hpa") else "0.45" if a.name == allocators.BASELINE
+              else next(others) for a in allocators.for_workload("threads")}
     for ax, ((size, mode), allocs) in zip(axes.flat, by.items()):
         for a in allocators.for_workload("threads"):
             per = allocs.get(a.name)
             if not per:
                 continue
             ts = [t for t in work.THREADS if t in per]
-            style = dict(linewidth=2.5, color="tab:green") if a.name.startswith("hpa") else \
-                dict(linewidth=1.2, color="0.45", linestyle="--") if a.name == allocators.BASELINE else dict(linewidth=1.2)
+            style = dict(linewidth=2.5) if a.name.startswith("hpa") else \
+                dict(linewidth=1.2, linestyle="--") if a.name == allocators.BASELINE else dict(linewidth=1.2)
+            style["color"] = colors[a.name]
             ax.plot(ts, [per[t]["pairs_per_s"] / 1e6 for t in ts], marker="o", label=a.name, **style)
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(work.THREADS), [str(t) for t in work.THREADS])

@@ -56,6 +56,7 @@ Block Pool::allocate(size_t nbytes, const Route& route, const Plan& plan) {
   Span* s = large(nbytes, route, plan, /*force=*/false);
   if (s == nullptr) s = large(nbytes, route, plan, /*force=*/true);
   if (s == nullptr) return {};
+  s->fallback = s->segment->kind != plan.kinds[0] || s->segment->node != route.home;
   caches_.count_alloc(tc, static_cast<int64_t>(s->bytes()), static_cast<int64_t>(s->bytes() - nbytes));
   if (tc != nullptr) caches_.fold(tc);
   return {reinterpret_cast<void*>(s->begin()), s->bytes()};
@@ -128,8 +129,8 @@ size_t Pool::free(void* p) {
       const int64_t slack = static_cast<int64_t>(size - s->requested);
       const Segment* seg = s->segment;
       ThreadCache* tc = caches_.mine(cache_node(seg->node, topology_));
-      if (tc != nullptr && size <= ThreadCache::kLargeMax && !seg->inherited && seg->node == tc->node &&
-          caches_large()) {
+      if (tc != nullptr && size <= ThreadCache::kLargeMax && !s->fallback && !seg->inherited &&
+          seg->node == tc->node && caches_large()) {
         // Kept for this thread's next request of the same size (Note [Thread caches]).
         s->state.store(SpanState::kCached, std::memory_order_relaxed);
         Span* evicted[ThreadCache::kLargeSlots];

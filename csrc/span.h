@@ -47,6 +47,8 @@ struct alignas(kCacheLine) Span {
   std::atomic<SpanState> state{SpanState::kFree};
   uint8_t size_class = 0;       // kSlab
   bool in_partial = false;      // kSlab: on its size class's list of slabs with free objects
+  bool fallback = false;        // kLarge: not of the kind or node its request preferred, so not
+                                // kept in a thread cache when freed (its heap may serve better)
   uint32_t object_size = 0;     // kSlab
   size_t units = 0;             // length in 64 KiB units
   Segment* segment = nullptr;
@@ -74,6 +76,7 @@ struct alignas(kCacheLine) Span {
     object_size = live = capacity = 0;
     size_class = 0;
     in_partial = false;
+    fallback = false;
   }
 
   uintptr_t begin() const { return start.load(std::memory_order_relaxed); }

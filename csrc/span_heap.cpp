@@ -98,7 +98,7 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
                          bool* from_cache) {
   const size_t bytes = units * kUnit;
   *from_cache = true;
-  bool reclaimed = false;
+  bool backed_off = false, reclaimed = false;
   mu_.lock();
   for (;;) {
     if (!ensure_records()) {
@@ -111,25 +111,31 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
       mu_.unlock();
       return s;
     }
-    if (!reclaimed) {  // the caller's own idle spans of this heap first, then look again
-      reclaimed = true;
+    if (growing_ && bytes <= growing_spare_) {
+      // Single flight: another thread is mapping a segment with room for this request too.
+      const uint32_t seen = grown_.load(std::memory_order_relaxed);
+      ++waiters_;
       mu_.unlock();
-      const bool any = reclaimer_.reclaim_own(kind_, node_);
+      futex_wait(&grown_, seen);
       mu_.lock();
-      if (any) continue;
+      --waiters_;
+      continue;
     }
-    if (!growing_ || bytes > growing_spare_) break;
-    // Single flight: another thread is mapping a segment with room for this request too.
-    const uint32_t seen = grown_.load(std::memory_order_relaxed);
-    ++waiters_;
+    if (!backed_off) {  // once per request: the back-off counts requests
+      backed_off = true;
+      if (!force && backoff_.skip(bytes)) {
+        mu_.unlock();
+        return nullptr;
+      }
+    }
+    if (reclaimed) break;
+    // About to grow: the caller's own idle spans of this heap first (they may coalesce into what
+    // is asked), then look again.
+    reclaimed = true;
     mu_.unlock();
-    futex_wait(&grown_, seen);
+    const bool any = reclaimer_.reclaim_own(kind_, node_);
     mu_.lock();
-    --waiters_;
-  }
-  if (!force && backoff_.skip(bytes)) {
-    mu_.unlock();
-    return nullptr;
+    if (!any) break;
   }
   Segment* const newest = segments_;  // the segment that could not serve this request
   Segment* seg = segment_records_.get();
@@ -273,6 +279,7 @@ Span* SpanHeap::carve(Span* s, size_t units, size_t requested) {
   }
   s->state.store(SpanState::kLarge, std::memory_order_release);
   s->requested = requested;
+  s->fallback = false;  // the pool marks a span served against its request's preference
   stats_.allocated_bytes.add(static_cast<int64_t>(s->bytes()));
   stats_.slack_bytes.add(static_cast<int64_t>(s->bytes() - requested));
   ++stats_.num_allocs;

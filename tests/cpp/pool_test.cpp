@@ -497,6 +497,23 @@ void test_a_thread_reuses_its_large_blocks_and_refuses_a_double_free() {
   t.check_empty();
 }
 
+// A block served by a fallback kind (no explicit huge page free) goes back to its heap when freed,
+// not into the thread's cache, so that the next request asks for explicit huge pages again.
+void test_a_fallback_block_is_not_kept_by_its_thread() {
+  TestPool t(1, 0, 0);  // no explicit huge page: THP serves
+  Block a = t.alloc(3 * kMiB);
+  CHECK(t.allocs_of(PageKind::kThp) == 1);
+  t.pool->free(a.ptr);
+  CHECK(t.pool->thread_cached_bytes() == 0);
+  t.os.set_free_pages(PageKind::kHugetlb2M, 64);
+  t.pool->release();  // ends the back-off
+  Block b = t.alloc(3 * kMiB);
+  CHECK(t.allocs_of(PageKind::kHugetlb2M) == 1);
+  t.pool->free(b.ptr);
+  CHECK(t.pool->thread_cached_bytes() == static_cast<int64_t>(b.size));  // a first choice: kept
+  t.check_empty();
+}
+
 // When the kernel refuses to grow a heap, the spans other threads keep come back to it before
 // anything falls back to another page kind.
 void test_a_refused_growth_takes_back_what_threads_keep_before_falling_back() {
@@ -547,6 +564,7 @@ int main() {
       TEST(test_the_peak_of_a_single_thread_is_exact),
       TEST(test_a_thread_reuses_its_large_blocks_and_refuses_a_double_free),
       TEST(test_a_refused_growth_takes_back_what_threads_keep_before_falling_back),
+      TEST(test_a_fallback_block_is_not_kept_by_its_thread),
 #undef TEST
   };
   for (const auto& t : tests) {
