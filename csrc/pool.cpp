@@ -181,17 +181,16 @@ void Pool::bind_thread_cache(int node) {
   if (tc != nullptr && tc->node != node) arena_.set_node(tc, node);
 }
 
-bool Pool::reclaim_own(PageKind kind, int node) {
+void Pool::reclaim_own(PageKind kind, int node) {
   ThreadCache* tc = caches_.mine_if_any();
-  if (tc == nullptr) return false;
+  if (tc == nullptr) return;
   Span* spans[ThreadCache::kLargeSlots];
   tc->enter();
   const int n = tc->take_large_of(kind, node, spans);
   tc->leave();
-  if (n == 0) return false;
+  if (n == 0) return;
   return_spans(spans, n);
   caches_.fold(tc);
-  return true;
 }
 
 void Pool::flush_thread_caches() {

@@ -147,7 +147,7 @@ class Pool final : private SlabSource, private IdleGauge, private Reclaimer {
   void put_slabs(Span* chain) override;
   int64_t idle_bytes() const override;
   void reclaim() override { flush_thread_caches(); }
-  bool reclaim_own(PageKind kind, int node) override;
+  void reclaim_own(PageKind kind, int node) override;
   // Empties every thread's cache: small objects to the central lists, large spans to the heaps.
   void flush_thread_caches();
   static void drain_thread_cache(void* pool, ThreadCache* tc);  // ThreadCaches::Drain

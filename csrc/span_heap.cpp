@@ -130,12 +130,12 @@ Span* SpanHeap::allocate(size_t units, size_t requested, size_t max_leftover, bo
     }
     if (reclaimed) break;
     // About to grow: the caller's own idle spans of this heap first (they may coalesce into what
-    // is asked), then look again.
+    // is asked), then look again, at the free lists and at a growth another thread may have
+    // started meanwhile.
     reclaimed = true;
     mu_.unlock();
-    const bool any = reclaimer_.reclaim_own(kind_, node_);
+    reclaimer_.reclaim_own(kind_, node_);
     mu_.lock();
-    if (!any) break;
   }
   Segment* const newest = segments_;  // the segment that could not serve this request
   Segment* seg = segment_records_.get();

@@ -164,8 +164,8 @@ class Reclaimer {
  public:
   virtual ~Reclaimer() = default;
   // Before a heap grows: the calling thread's own spans of that heap, which may coalesce into
-  // what the request needs. Returns whether any came back.
-  virtual bool reclaim_own(PageKind kind, int node) = 0;
+  // what the request needs.
+  virtual void reclaim_own(PageKind kind, int node) = 0;
   // Before a refused heap falls back: every thread's spans.
   virtual void reclaim() = 0;
 };

@@ -514,6 +514,21 @@ void test_a_fallback_block_is_not_kept_by_its_thread() {
   t.check_empty();
 }
 
+// Setting a limit on idle memory takes back the large blocks threads keep, and they keep none after.
+void test_setting_max_cached_takes_back_what_threads_keep() {
+  TestPool t(1, 512, 0);
+  Block a = t.alloc(3 * kMiB);
+  t.pool->free(a.ptr);
+  CHECK(t.pool->thread_cached_bytes() == static_cast<int64_t>(a.size));
+  t.pool->set_max_cached(0);
+  CHECK(t.pool->thread_cached_bytes() == 0);
+  CHECK(t.reserved() == 0);  // the block's segment was idle beyond the limit: given back
+  Block b = t.alloc(3 * kMiB);
+  t.pool->free(b.ptr);
+  CHECK(t.pool->thread_cached_bytes() == 0);
+  t.check_empty();
+}
+
 // When the kernel refuses to grow a heap, the spans other threads keep come back to it before
 // anything falls back to another page kind.
 void test_a_refused_growth_takes_back_what_threads_keep_before_falling_back() {
@@ -565,6 +580,7 @@ int main() {
       TEST(test_a_thread_reuses_its_large_blocks_and_refuses_a_double_free),
       TEST(test_a_refused_growth_takes_back_what_threads_keep_before_falling_back),
       TEST(test_a_fallback_block_is_not_kept_by_its_thread),
+      TEST(test_setting_max_cached_takes_back_what_threads_keep),
 #undef TEST
   };
   for (const auto& t : tests) {
